@@ -1,0 +1,89 @@
+"""Compiled artifacts on disk: a folder that loads without the model's Python class.
+
+Layout of ``OUT/``:
+- ``graph.json``  the compact FX graph as data (``graph_io``): the TRAINABLE form, used by
+  ``dcp train finetune``, ``matte``, ``export`` and ``bench``;
+- ``weights.pt``  its state_dict, read with ``torch.load(weights_only=True)``;
+- ``plan.json``   what was kept: widths, kept channel indices per module, the report summary.
+
+Every file is written to a temp name, then renamed; the folder is complete or absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from passes.errors import DCPError
+
+from .graph_io import graph_to_spec, spec_to_graph
+
+GRAPH, WEIGHTS, PLAN = "graph.json", "weights.pt", "plan.json"
+
+
+def is_artifact(path: str | os.PathLike) -> bool:
+    return (Path(path) / GRAPH).is_file()
+
+
+def save_module(module: nn.Module, path: str | os.PathLike, plan: dict[str, Any] | None = None) -> Path:
+    """Write ``module`` (traced if it is not a GraphModule) and ``plan`` as an artifact folder."""
+    from passes.trace import symbolic_trace
+    gm = module if isinstance(module, fx.GraphModule) else symbolic_trace(module)
+    spec = graph_to_spec(gm)
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DCPError(f"{path} exists and is not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        (tmp / GRAPH).write_text(json.dumps(spec, indent=1))
+        torch.save({k: v.detach().cpu() for k, v in gm.state_dict().items()}, tmp / WEIGHTS)
+        (tmp / PLAN).write_text(json.dumps(plan or {}, indent=1, default=_jsonable))
+        if path.exists():  # replace the old folder only once the new one is complete
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike) -> fx.GraphModule:
+    """The compiled model as a trainable GraphModule (no pickled code is loaded)."""
+    path = Path(path)
+    if not is_artifact(path):
+        raise DCPError(f"{path} is not a dcp artifact (no {GRAPH})")
+    try:
+        spec = json.loads((path / GRAPH).read_text())
+        state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise DCPError(f"cannot read artifact {path}: {str(e).splitlines()[0]}") from e
+    gm = spec_to_graph(spec, state)
+    gm.dcp_plan = read_plan(path)
+    return gm
+
+
+def read_plan(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path) / PLAN
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if isinstance(v, Path):
+        return str(v)
+    if hasattr(v, "_asdict"):
+        return v._asdict()
+    raise TypeError(f"not JSON-serialisable: {type(v).__name__}")

@@ -1,0 +1,4 @@
+"""The application: the DIM teacher, data, losses, metrics, training and inference."""
+from .model import DIM, dim, default_widths, TAP_MODULES
+
+__all__ = ["DIM", "dim", "default_widths", "TAP_MODULES"]

@@ -1,0 +1,9 @@
+"""FX passes of the DCP pruning compiler; they work on any traceable model.
+
+Imports neither ``compiler`` nor ``matting``.
+"""
+from .errors import DCPError
+from .trace import trace, propagate_shapes, symbolic_trace, as_tuple
+from .count import count, layer_costs, LayerCost
+
+__all__ = ["DCPError", "trace", "propagate_shapes", "symbolic_trace", "as_tuple", "count", "layer_costs", "LayerCost"]

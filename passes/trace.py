@@ -1,0 +1,120 @@
+"""Trace a model to an FX graph whose every node carries its output's shape and type.
+
+Shapes come from fake tensors, so no real forward pass is paid (a leaf module whose
+control flow depends on tensor values falls back to one real forward): every node gets
+``meta["tensor_meta"]`` (a ``TensorMetadata``, or a tuple of them for pool-with-indices),
+``meta["type"]`` (``torch.Tensor``, ``tuple``, ``torch.Size`` ...) and ``meta["val"]``
+(the fake value; ``torch.Size`` nodes hold plain ints).
+
+>>> import torch
+>>> gm = trace(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)), torch.zeros(1, 3, 9, 9))
+>>> tuple(next(n for n in gm.graph.nodes if n.op == "call_module").meta["tensor_meta"].shape)
+(1, 8, 7, 7)
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable
+
+import torch
+from torch import fx
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
+from torch.fx.node import map_aggregate
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeCopyMode, FakeTensorMode
+
+from .errors import DCPError
+
+
+def as_tuple(example_inputs: Any) -> tuple:
+    """Accept a tensor or a tuple/list of tensors everywhere."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise DCPError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+
+
+class FakeShapeProp(fx.Interpreter):
+    """Run the graph on fake tensors and record what each node produced."""
+
+    def __init__(self, gm: fx.GraphModule, fake_mode: FakeTensorMode | None):
+        if fake_mode is not None:
+            with FakeCopyMode(fake_mode):
+                gm = copy.deepcopy(gm)  # parameters become fake: no memory, no compute
+        super().__init__(gm)
+        self.fake_mode = fake_mode
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            with self.fake_mode or torch.no_grad():
+                result = super().run_node(n)
+        except DataDependentOutputException:
+            raise
+        except Exception as e:  # the user needs the node, not a fake-tensor stack
+            raise DCPError(f"shape propagation failed at node '{n.name}' ({n.op} {n.target}): "
+                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        meta = map_aggregate(result, lambda v: _extract_tensor_metadata(v) if isinstance(v, torch.Tensor) else v)
+        n.meta["tensor_meta"] = meta
+        n.meta["type"] = torch.Tensor if isinstance(result, torch.Tensor) else type(result)
+        n.meta["val"] = result
+        return result
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> fx.GraphModule:
+    """Annotate ``gm`` in place with shapes for ``example_inputs`` (fake tensors only)."""
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    inputs = [fake_mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in as_tuple(example_inputs)]
+    interp = FakeShapeProp(gm, fake_mode)
+    try:
+        interp.run(*inputs)
+    except DataDependentOutputException:
+        # a leaf module branches on tensor values: only a real forward can say what it does
+        interp = FakeShapeProp(gm, None)
+        interp.run(*as_tuple(example_inputs))
+    # The interpreter ran a deep copy of gm: copy the metadata back onto gm's own nodes.
+    for src, dst in zip(interp.module.graph.nodes, gm.graph.nodes):
+        for key in ("tensor_meta", "type", "val"):
+            if key in src.meta:
+                dst.meta[key] = src.meta[key]
+    return gm
+
+
+def symbolic_trace(model: torch.nn.Module, leaf_modules: Iterable[type] = ()) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with extra leaf module types and an error that says what to do."""
+    if isinstance(model, fx.GraphModule):
+        return model
+    leaves = tuple(leaf_modules)
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
+
+    tracer = Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:
+        where = _innermost_module(e)
+        raise DCPError(
+            f"cannot trace {type(model).__name__}{where}: {type(e).__name__}: {str(e).splitlines()[0]} "
+            f"-- data-dependent control flow or untraceable calls must live in a leaf module: "
+            f"pass leaf_modules=(ThatModule,) so it is kept as one opaque call") from e
+    name = model.__class__.__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def _innermost_module(e: BaseException) -> str:
+    """Name the model code that failed, from the traceback's last frame inside a forward()."""
+    tb, last = e.__traceback__, None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "forward":
+            owner = tb.tb_frame.f_locals.get("self")
+            last = f" in {type(owner).__name__}.forward ({code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    return last or ""
+
+
+def trace(model: torch.nn.Module, example_inputs: Any, leaf_modules: Iterable[type] = ()) -> fx.GraphModule:
+    """Trace ``model`` to a GraphModule with shape metadata on every node."""
+    gm = symbolic_trace(model, leaf_modules)
+    return propagate_shapes(gm, example_inputs)
