@@ -7,3 +7,6 @@ from .trace import trace, propagate_shapes, symbolic_trace, as_tuple
 from .count import count, layer_costs, LayerCost
 
 __all__ = ["DCPError", "trace", "propagate_shapes", "symbolic_trace", "as_tuple", "count", "layer_costs", "LayerCost"]
+from .channels import channel_groups, analyse, build_groups, Group, Member
+
+__all__ += ["channel_groups", "analyse", "build_groups", "Group", "Member"]

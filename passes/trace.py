@@ -1,6 +1,6 @@
 """Trace a model to an FX graph whose every node carries its output's shape and type.
 
-Shapes come from fake tensors, so no real forward pass is paid (a leaf module whose
+Shapes come from meta/fake tensors, so no real forward pass is paid (a leaf module whose
 control flow depends on tensor values falls back to one real forward): every node gets
 ``meta["tensor_meta"]`` (a ``TensorMetadata``, or a tuple of them for pool-with-indices),
 ``meta["type"]`` (``torch.Tensor``, ``tuple``, ``torch.Size`` ...) and ``meta["val"]``
@@ -13,14 +13,13 @@ control flow depends on tensor values falls back to one real forward): every nod
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Iterable
 
 import torch
 from torch import fx
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.fx.node import map_aggregate
-from torch._subclasses.fake_tensor import DataDependentOutputException, FakeCopyMode, FakeTensorMode
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
 from .errors import DCPError
 
@@ -34,15 +33,17 @@ def as_tuple(example_inputs: Any) -> tuple:
     raise DCPError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
 
 
-class FakeShapeProp(fx.Interpreter):
-    """Run the graph on fake tensors and record what each node produced."""
+class ShapeProp(fx.Interpreter):
+    """Run the graph on tensors without data and record what each node produced.
 
-    def __init__(self, gm: fx.GraphModule, fake_mode: FakeTensorMode | None):
-        if fake_mode is not None:
-            with FakeCopyMode(fake_mode):
-                gm = copy.deepcopy(gm)  # parameters become fake: no memory, no compute
+    ``device="meta"`` (fastest: modules run with meta copies of their parameters) or
+    ``fake_mode`` (FakeTensorMode, for ops that mix devices) or neither (a real forward).
+    """
+
+    def __init__(self, gm: fx.GraphModule, fake_mode: FakeTensorMode | None = None, meta: bool = False):
         super().__init__(gm)
         self.fake_mode = fake_mode
+        self.meta = meta
 
     def run_node(self, n: fx.Node) -> Any:
         try:
@@ -50,7 +51,7 @@ class FakeShapeProp(fx.Interpreter):
                 result = super().run_node(n)
         except DataDependentOutputException:
             raise
-        except Exception as e:  # the user needs the node, not a fake-tensor stack
+        except Exception as e:  # the user needs the node, not an interpreter stack
             raise DCPError(f"shape propagation failed at node '{n.name}' ({n.op} {n.target}): "
                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
         meta = map_aggregate(result, lambda v: _extract_tensor_metadata(v) if isinstance(v, torch.Tensor) else v)
@@ -59,23 +60,37 @@ class FakeShapeProp(fx.Interpreter):
         n.meta["val"] = result
         return result
 
+    def call_module(self, target, args, kwargs):
+        if not self.meta:
+            return super().call_module(target, args, kwargs)
+        mod = self.fetch_attr(target)
+        state = {k: _to_meta(v) for k, v in [*mod.named_parameters(), *mod.named_buffers()]}
+        return torch.func.functional_call(mod, state, args, kwargs)
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        return _to_meta(value) if self.meta and isinstance(value, torch.Tensor) else value
+
+
+def _to_meta(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t, device="meta")
+
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> fx.GraphModule:
-    """Annotate ``gm`` in place with shapes for ``example_inputs`` (fake tensors only)."""
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    inputs = [fake_mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in as_tuple(example_inputs)]
-    interp = FakeShapeProp(gm, fake_mode)
+    """Annotate ``gm`` in place with shapes for ``example_inputs``: meta tensors first, fake
+    tensors if an op cannot run on meta, one real forward if a leaf needs tensor values."""
+    inputs = as_tuple(example_inputs)
     try:
-        interp.run(*inputs)
+        ShapeProp(gm, meta=True).run(*[_to_meta(t) if isinstance(t, torch.Tensor) else t for t in inputs])
+        return gm
+    except DCPError:
+        pass  # an op that cannot run on meta, or a real error: fake tensors say which, clearly
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    try:
+        ShapeProp(gm, fake_mode).run(*[fake_mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in inputs])
     except DataDependentOutputException:
         # a leaf module branches on tensor values: only a real forward can say what it does
-        interp = FakeShapeProp(gm, None)
-        interp.run(*as_tuple(example_inputs))
-    # The interpreter ran a deep copy of gm: copy the metadata back onto gm's own nodes.
-    for src, dst in zip(interp.module.graph.nodes, gm.graph.nodes):
-        for key in ("tensor_meta", "type", "val"):
-            if key in src.meta:
-                dst.meta[key] = src.meta[key]
+        ShapeProp(gm).run(*inputs)
     return gm
 
 

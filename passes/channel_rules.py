@@ -1,0 +1,336 @@
+"""How each op relates its inputs' channel spaces to its output's: the rule TABLE.
+
+A rule is ``rule(ctx, node) -> output space`` (an id array, a tuple of them, or None for
+values without channels). The tables at the bottom map module types, functions and tensor
+methods to rules; ``rule_for`` looks a node up. An op that is in no table is ``unknown``:
+it freezes every channel it touches.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .channels import ChannelAnalysis, Space, flat_spaces
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    return [a for a in node.all_input_nodes if hasattr(a.meta.get("tensor_meta"), "shape")]
+
+
+def _first(ctx: ChannelAnalysis, node: fx.Node):
+    args = _tensor_args(node)
+    return ctx.space(args[0]) if args else None
+
+
+def _arg(node: fx.Node, i: int, name: str, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _out_channels(ctx: ChannelAnalysis, node: fx.Node) -> int | None:
+    shape = ctx.shape(node)
+    return shape[1] if shape is not None and len(shape) >= 2 else None
+
+
+# --- the rules ------------------------------------------------------------------
+def placeholder(ctx, node):
+    c = _out_channels(ctx, node)
+    return ctx.fresh_frozen(c, f"{node.name}: graph input channels are fixed") if c else None
+
+
+def output(ctx, node):
+    for a in node.all_input_nodes:
+        ctx.freeze(ctx.space(a), f"{a.name}: reaches the graph output")
+    return None
+
+
+def no_channels(ctx, node):
+    """Size/shape queries and other non-tensor results: no space, nothing frozen."""
+    return None
+
+
+def unknown(ctx, node):
+    """No rule: freeze everything the op touches; its output gets fresh frozen channels."""
+    what = f"{node.op} {getattr(node.target, '__name__', node.target)}"
+    if node.op == "call_module":
+        what = f"module {type(ctx.gm.get_submodule(node.target)).__name__}"
+    reason = f"{node.name}: no channel rule for {what}"
+    for a in node.all_input_nodes:
+        ctx.freeze(ctx.space(a), reason)
+    return _fresh_like(ctx, node, reason)
+
+
+def _fresh_like(ctx, node, reason):
+    meta = node.meta.get("tensor_meta")
+    def make(m):
+        if hasattr(m, "shape"):
+            return ctx.fresh_frozen(m.shape[1], reason) if len(m.shape) >= 2 else None
+        if isinstance(m, (tuple, list)):
+            return tuple(make(x) for x in m)
+        return None
+    return make(meta)
+
+
+def same(ctx, node):
+    """Pass-through: activations, dropout, identity, pooling, interpolate, casts."""
+    return _first(ctx, node)
+
+
+def same_if_shape_keeps_channels(ctx, node):
+    """squeeze/unsqueeze/mean/...: fine while dims 0 and 1 stay (N, C); else freeze."""
+    src = _tensor_args(node)[0]
+    sin, sout = ctx.shape(src), ctx.shape(node)
+    if sin is not None and sout is not None and len(sout) >= 2 and sout[:2] == sin[:2]:
+        return ctx.space(src)
+    return unknown_reason(ctx, node, "moves or reduces the channel dim")
+
+
+def unknown_reason(ctx, node, why):
+    reason = f"{node.name}: {node.target if isinstance(node.target, str) else getattr(node.target, '__name__', node.target)} {why}"
+    for a in node.all_input_nodes:
+        ctx.freeze(ctx.space(a), reason)
+    return _fresh_like(ctx, node, reason)
+
+
+def conv(ctx, node):
+    m = ctx.gm.get_submodule(node.target)
+    space_in = _first(ctx, node)
+    if m.groups == 1:
+        out = ctx.fresh(m.out_channels)
+        ctx.member(node.target, "consumer", space_in, node)
+        ctx.member(node.target, "producer", out, node)
+        ctx.module_io(node.target, space_in, out, "conv", node)
+        return out
+    if m.groups == m.in_channels == m.out_channels:
+        ctx.member(node.target, "depthwise", space_in, node)
+        ctx.module_io(node.target, space_in, space_in, "depthwise", node)
+        return space_in
+    return unknown_reason(ctx, node, f"is a grouped conv (groups={m.groups}): not pruned")
+
+
+def linear(ctx, node):
+    m = ctx.gm.get_submodule(node.target)
+    src = _tensor_args(node)[0]
+    if len(ctx.shape(src)) != 2:
+        return unknown_reason(ctx, node, "is applied to a rank>2 tensor (features not on dim 1)")
+    out = ctx.fresh(m.out_features)
+    ctx.member(node.target, "consumer", ctx.space(src), node)
+    ctx.member(node.target, "producer", out, node)
+    ctx.module_io(node.target, ctx.space(src), out, "linear", node)
+    return out
+
+
+def norm(ctx, node):
+    """Per-channel normalisation (BatchNorm, InstanceNorm, GroupNorm with one channel a group)."""
+    m = ctx.gm.get_submodule(node.target)
+    if isinstance(m, nn.GroupNorm) and m.num_groups != m.num_channels:
+        return unknown_reason(ctx, node, "normalises groups of channels together: pruning would change its statistics")
+    space = _first(ctx, node)
+    has_params = any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
+    if has_params:
+        ctx.member(node.target, "norm", space, node)
+        ctx.module_io(node.target, space, space, "norm", node)
+    return space
+
+
+def layer_norm(ctx, node):
+    m = ctx.gm.get_submodule(node.target)
+    rank = len(ctx.shape(node))
+    if len(m.normalized_shape) >= rank - 1:
+        return unknown_reason(ctx, node, "normalises across channels: pruning would change its statistics")
+    return same(ctx, node)
+
+
+def prelu(ctx, node):
+    m = ctx.gm.get_submodule(node.target)
+    space = _first(ctx, node)
+    if m.num_parameters > 1:
+        ctx.member(node.target, "channelwise", space, node)
+        ctx.module_io(node.target, space, space, "channelwise", node)
+    return space
+
+
+def max_pool(ctx, node):
+    space = _first(ctx, node)
+    returns_indices = isinstance(node.meta.get("tensor_meta"), (tuple, list))
+    return (space, space) if returns_indices else space
+
+
+def unpool(ctx, node):
+    """MaxUnpool: values, indices (hence the pool that made them) and output are one identity."""
+    values, indices = _arg(node, 0, "input"), _arg(node, 1, "indices")
+    sv, si = ctx.space(values), ctx.space(indices)
+    if sv is not None and si is not None:
+        ctx.tie(sv, si, node)
+    return sv
+
+
+def elementwise(ctx, node):
+    """add/sub/mul/div with broadcasting: operands carrying the full channel dim are tied; a
+    size-1 channel dim broadcasts (no tie); anything else freezes."""
+    out_shape = ctx.shape(node)
+    if out_shape is None or len(out_shape) < 2:
+        return unknown_reason(ctx, node, "has no channel dim") if any(ctx.space(a) is not None for a in node.all_input_nodes) else None
+    rank, channels = len(out_shape), out_shape[1]
+    result = None
+    for a in _tensor_args(node):
+        shape = ctx.shape(a)
+        aligned = 1 - (rank - len(shape))  # which dim of `a` broadcasts onto the channel dim
+        if aligned < 0 or shape[aligned] == 1:
+            continue
+        if aligned != 1 or ctx.space(a) is None or shape[1] != channels:
+            return unknown_reason(ctx, node, f"broadcasts a {tuple(shape)} operand over the channel dim")
+        if result is None:
+            result = ctx.space(a)
+        else:
+            ctx.tie(result, ctx.space(a), node)
+    return result if result is not None else ctx.fresh_frozen(channels, f"{node.name}: channels of a broadcast result")
+
+
+def cat(ctx, node):
+    tensors = _arg(node, 0, "tensors")
+    dim = _arg(node, 1, "dim", 0)
+    rank = len(ctx.shape(node))
+    spaces = [ctx.space(t) for t in tensors]
+    if any(s is None for s in spaces):
+        return unknown_reason(ctx, node, "concatenates a value without a channel space")
+    if dim % rank == 1:
+        return np.concatenate(spaces)
+    for s in spaces[1:]:
+        ctx.tie(spaces[0], s, node)
+    return spaces[0]
+
+
+def getitem(ctx, node):
+    src, index = node.args
+    space = ctx.space(src)
+    if isinstance(space, (tuple, list)):
+        return space[index]
+    if space is None:
+        return None
+    full = slice(None)
+    if isinstance(index, tuple) and len(index) >= 2 and index[0] == full and index[1] == full:
+        return same_if_shape_keeps_channels(ctx, node)
+    if index == full or (isinstance(index, tuple) and len(index) == 1 and index[0] == full):
+        return space
+    return unknown_reason(ctx, node, f"indexes the channel dim ({index!r})")
+
+
+def flatten(ctx, node):
+    src = _tensor_args(node)[0]
+    shape, out = ctx.shape(src), ctx.shape(node)
+    start = _arg(node, 1, "start_dim", 0)
+    if start % len(shape) >= 2:
+        return ctx.space(src)
+    if start % len(shape) == 1 and len(out) == 2:
+        return np.repeat(ctx.space(src), math.prod(shape[2:]))
+    return unknown_reason(ctx, node, "flattens the batch and channel dims together")
+
+
+def reshape(ctx, node):
+    """view/reshape: safe when it keeps (N, C, ...) or flattens from dim 1 AND the channel
+    count is not a literal in the call (a literal would not follow the pruning)."""
+    src = node.args[0]
+    shape, out = ctx.shape(src), ctx.shape(node)
+    sizes = node.args[1:] if len(node.args) > 2 or not isinstance(_arg(node, 1, "shape"), (tuple, list)) \
+        else tuple(_arg(node, 1, "shape"))
+    literal_channel = len(sizes) > 1 and isinstance(sizes[1], int) and sizes[1] != -1
+    if shape and out and not literal_channel and len(out) >= 2 and out[0] == shape[0]:
+        if out[1] == shape[1] and math.prod(out[2:]) == math.prod(shape[2:]):
+            return ctx.space(src)
+        if len(out) == 2 and out[1] == math.prod(shape[1:]):
+            return np.repeat(ctx.space(src), math.prod(shape[2:]))
+    return unknown_reason(ctx, node, f"reshapes {shape} -> {out} in a way that moves channels")
+
+
+def permute(ctx, node):
+    dims = node.args[1:] if not isinstance(node.args[1], (tuple, list)) else tuple(node.args[1])
+    if len(dims) >= 2 and dims[0] == 0 and dims[1] == 1:
+        return ctx.space(node.args[0])
+    return unknown_reason(ctx, node, "moves the channel dim")
+
+
+def transpose(ctx, node):
+    d0, d1 = (_arg(node, 1, "dim0"), _arg(node, 2, "dim1"))
+    rank = len(ctx.shape(node))
+    if {d0 % rank, d1 % rank}.isdisjoint({0, 1}):
+        return ctx.space(node.args[0])
+    return unknown_reason(ctx, node, "moves the channel dim")
+
+
+def reduce(ctx, node):
+    dims = _arg(node, 1, "dim")
+    shape = ctx.shape(node.args[0])
+    dims = (dims,) if isinstance(dims, int) else dims
+    if dims is None or any(d % len(shape) in (0, 1) for d in dims):
+        return unknown_reason(ctx, node, "reduces over the channel dim")
+    return same_if_shape_keeps_channels(ctx, node)
+
+
+def get_attr(ctx, node):
+    c = _out_channels(ctx, node)
+    return ctx.fresh_frozen(c, f"{node.name}: a constant tensor in the graph") if c else None
+
+
+# --- the tables ------------------------------------------------------------------
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
+               nn.Sigmoid, nn.Tanh, nn.ELU, nn.Mish, nn.Softplus, nn.Hardtanh)
+PASS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                nn.AdaptiveMaxPool2d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+                nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.Dropout1d)
+
+MODULE_RULES: dict[type, callable] = {
+    **{t: same for t in ACTIVATIONS + PASS_MODULES},
+    nn.Conv1d: conv, nn.Conv2d: conv, nn.ConvTranspose1d: conv, nn.ConvTranspose2d: conv,
+    nn.Linear: linear, nn.PReLU: prelu, nn.LayerNorm: layer_norm,
+    nn.BatchNorm1d: norm, nn.BatchNorm2d: norm, nn.InstanceNorm1d: norm, nn.InstanceNorm2d: norm, nn.GroupNorm: norm,
+    nn.MaxPool1d: max_pool, nn.MaxPool2d: max_pool, nn.MaxUnpool1d: unpool, nn.MaxUnpool2d: unpool,
+    nn.Flatten: flatten,
+}
+
+FUNCTION_RULES: dict[object, callable] = {
+    **{f: same for f in (F.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.hardsigmoid,
+                         F.hardtanh, F.elu, torch.relu, torch.sigmoid, torch.tanh, F.dropout, F.dropout2d,
+                         F.interpolate, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+                         torch.nn.functional.sigmoid, torch.clamp, operator.neg, operator.pos, F.pad)},
+    F.max_pool2d: max_pool, F.max_unpool2d: unpool,
+    **{f: elementwise for f in (operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
+                                operator.imul, torch.add, torch.sub, torch.mul, torch.div)},
+    torch.cat: cat, torch.concat: cat, operator.getitem: getitem, torch.flatten: flatten,
+    torch.reshape: reshape, torch.permute: permute, torch.transpose: transpose,
+    torch.mean: reduce, torch.sum: reduce, torch.amax: reduce,
+    torch.squeeze: same_if_shape_keeps_channels, torch.unsqueeze: same_if_shape_keeps_channels,
+    getattr: no_channels, len: no_channels,
+}
+
+METHOD_RULES: dict[str, callable] = {
+    **{m: same for m in ("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "detach", "float",
+                         "half", "to", "type_as", "clamp", "clamp_", "hardtanh_", "neg")},
+    **{m: no_channels for m in ("size", "dim", "numel", "ndimension")},
+    **{m: elementwise for m in ("add", "add_", "sub", "mul", "mul_", "div", "div_")},
+    "view": reshape, "reshape": reshape, "flatten": flatten, "permute": permute, "transpose": transpose,
+    "mean": reduce, "sum": reduce, "amax": reduce,
+    "squeeze": same_if_shape_keeps_channels, "unsqueeze": same_if_shape_keeps_channels,
+}
+
+
+def rule_for(gm: fx.GraphModule, node: fx.Node):
+    if node.op == "placeholder":
+        return placeholder
+    if node.op == "output":
+        return output
+    if node.op == "get_attr":
+        return get_attr
+    if node.op == "call_module":
+        return MODULE_RULES.get(type(gm.get_submodule(node.target)), unknown)
+    if node.op == "call_function":
+        return FUNCTION_RULES.get(node.target, unknown)
+    if node.op == "call_method":
+        return METHOD_RULES.get(node.target, unknown)
+    return unknown

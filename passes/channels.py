@@ -1,0 +1,210 @@
+"""Channel dependency analysis: which channel spaces of a traced graph must shrink together.
+
+Every tensor value's channel dimension (dim 1) is a *space*: an array holding, per channel
+position, the id of that channel's identity. The op rules (``channel_rules.py``, a table)
+say how an op's output space relates to its inputs': a conv makes fresh ids, BN/ReLU/pool
+pass ids through, ``a + b`` and pool-indices -> unpool UNITE ids element-wise (same channel
+identity: the same indices must be kept), ``cat`` concatenates, ``flatten`` repeats.
+A *group* is a set of identities that are created together (one producer's output) or
+united with them; pruning keeps one index set per group.
+
+Soundness first: graph inputs/outputs, ops without a rule and shape changes the table does
+not prove safe FREEZE every identity they touch, and the group says why (naming the node).
+
+>>> import torch
+>>> from passes.trace import trace
+>>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 2, 1))
+>>> [(g.size, g.frozen is None) for g in channel_groups(trace(m, torch.zeros(1, 3, 8, 8)))]
+[(3, False), (8, True), (2, False)]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import fx
+
+from .unionfind import UnionFind
+
+Space = np.ndarray  # int64 channel identity ids, one per channel position
+
+
+@dataclass
+class Member:
+    """A module whose parameters follow a group: ``positions`` of its channel axis belong to the
+    group, as group channels ``channels`` (same length). ``kind``: producer (output channels),
+    consumer (input channels), norm (per-channel affine/statistics), depthwise (in == out),
+    channelwise (other per-channel parameters, e.g. PReLU)."""
+    module: str
+    kind: str
+    positions: np.ndarray
+    channels: np.ndarray
+    node: str = ""
+
+
+@dataclass
+class Group:
+    id: int
+    size: int                                   # number of distinct channels
+    members: list[Member] = field(default_factory=list)
+    frozen: str | None = None                   # why it may not be pruned, or None
+    ids: np.ndarray | None = None               # identity id of each group channel (internal)
+
+    @property
+    def prunable(self) -> bool:
+        return self.frozen is None
+
+    def names(self, kind: str | None = None) -> list[str]:
+        return [m.module for m in self.members if kind is None or m.kind == kind]
+
+
+@dataclass
+class ModuleChannels:
+    """Channel identities of one module's input and output axes (None: axis not tracked)."""
+    in_ids: Space | None = None
+    out_ids: Space | None = None
+    kind: str = ""
+
+
+class ChannelAnalysis:
+    """The state rules work on: identity allocation, unions, freezing, members."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.ids = UnionFind()
+        self.allocations: list[range] = []       # ids created together (one atomic space)
+        self.frozen: dict[int, str] = {}        # id -> reason (first one wins)
+        self.modules: dict[str, ModuleChannels] = {}
+        self.member_records: list[tuple[str, str, Space, str]] = []
+        self.spaces: dict[fx.Node, Any] = {}
+
+    # --- identity bookkeeping -------------------------------------------------
+    def fresh(self, n: int) -> Space:
+        r = self.ids.add(n)
+        self.allocations.append(r)
+        return np.arange(r.start, r.stop, dtype=np.int64)
+
+    def tie(self, a: Space, b: Space, node: fx.Node) -> bool:
+        """Unite two spaces element-wise; unequal lengths cannot be tied, so both freeze."""
+        if len(a) != len(b):
+            self.freeze(a, f"{node.name}: cannot tie {len(a)} and {len(b)} channels")
+            self.freeze(b, f"{node.name}: cannot tie {len(a)} and {len(b)} channels")
+            return False
+        for x, y in zip(a.tolist(), b.tolist()):
+            self.ids.union(x, y)
+        return True
+
+    def freeze(self, space: Any, reason: str) -> None:
+        for s in flat_spaces(space):
+            for i in s.tolist():
+                self.frozen.setdefault(i, reason)
+
+    def fresh_frozen(self, n: int, reason: str) -> Space:
+        s = self.fresh(n)
+        self.freeze(s, reason)
+        return s
+
+    # --- what rules read ------------------------------------------------------
+    def space(self, arg: Any) -> Any:
+        return self.spaces.get(arg) if isinstance(arg, fx.Node) else None
+
+    @staticmethod
+    def shape(node: Any) -> tuple | None:
+        meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+        return tuple(meta.shape) if hasattr(meta, "shape") else None
+
+    def module_io(self, name: str, in_ids: Space | None, out_ids: Space | None, kind: str, node: fx.Node) -> None:
+        """Record a module's axes; a module called twice has ONE identity per axis (shared weights)."""
+        seen = self.modules.get(name)
+        if seen is None:
+            self.modules[name] = ModuleChannels(in_ids, out_ids, kind)
+            return
+        for old, new in ((seen.in_ids, in_ids), (seen.out_ids, out_ids)):
+            if old is not None and new is not None:
+                self.tie(old, new, node)
+
+    def member(self, module: str, kind: str, ids: Space, node: fx.Node) -> None:
+        self.member_records.append((module, kind, ids, node.name))
+
+
+def flat_spaces(value: Any) -> list[Space]:
+    if isinstance(value, np.ndarray):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [s for v in value for s in flat_spaces(v)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in flat_spaces(v)]
+    return []
+
+
+def analyse(gm: fx.GraphModule) -> ChannelAnalysis:
+    """Walk the graph once, applying each node's rule. Needs ``passes.trace`` metadata."""
+    from .channel_rules import rule_for
+    ctx = ChannelAnalysis(gm)
+    for node in gm.graph.nodes:
+        if node.op != "output" and "tensor_meta" not in node.meta and "type" not in node.meta:
+            raise ValueError(f"node '{node.name}' has no shape metadata: trace the model with passes.trace first")
+        rule: Callable = rule_for(gm, node)
+        ctx.spaces[node] = rule(ctx, node)
+    return ctx
+
+
+def channel_groups(gm: fx.GraphModule) -> list[Group]:
+    """The coupled channel groups of a traced graph, in order of first appearance."""
+    return build_groups(analyse(gm))
+
+
+def build_groups(ctx: ChannelAnalysis) -> list[Group]:
+    uf = ctx.ids
+    # Identities created together belong to one group (a producer keeps one index set).
+    grouping = UnionFind()
+    grouping.add(len(uf))
+    for alloc in ctx.allocations:
+        roots = [uf.find(i) for i in alloc]
+        for r in roots[1:]:
+            grouping.union(roots[0], r)
+    group_of_root: dict[int, int] = {}
+    groups: list[Group] = []
+    channel_of_root: dict[int, int] = {}
+    roots_of_group: list[list[int]] = []
+    for alloc in ctx.allocations:
+        for i in alloc:
+            r = uf.find(i)
+            if r in channel_of_root:
+                continue
+            g = grouping.find(r)
+            if g not in group_of_root:
+                group_of_root[g] = len(groups)
+                groups.append(Group(id=len(groups), size=0))
+                roots_of_group.append([])
+            gid = group_of_root[g]
+            channel_of_root[r] = len(roots_of_group[gid])
+            roots_of_group[gid].append(r)
+    for gid, roots in enumerate(roots_of_group):
+        groups[gid].size = len(roots)
+        groups[gid].ids = np.array(roots, dtype=np.int64)
+    for i, reason in ctx.frozen.items():
+        g = groups[group_of_root[grouping.find(uf.find(i))]]
+        g.frozen = g.frozen or reason
+    for module, kind, ids, node in ctx.member_records:
+        roots = np.array([uf.find(i) for i in ids.tolist()], dtype=np.int64)
+        gids = np.array([group_of_root[grouping.find(r)] for r in roots.tolist()], dtype=np.int64)
+        for gid in np.unique(gids).tolist():
+            pos = np.nonzero(gids == gid)[0]
+            chans = np.array([channel_of_root[r] for r in roots[pos].tolist()], dtype=np.int64)
+            groups[gid].members.append(Member(module, kind, pos, chans, node))
+    for g in groups:
+        if g.frozen is None and not any(m.kind == "producer" for m in g.members):
+            g.frozen = "no producer layer (its channels come from the input or a constant)"
+    return groups
+
+
+def group_index(ctx: ChannelAnalysis, groups: list[Group]) -> dict[int, tuple[int, int]]:
+    """identity root -> (group id, channel within group)."""
+    out = {}
+    for g in groups:
+        for ch, r in enumerate(g.ids.tolist()):
+            out[r] = (g.id, ch)
+    return out
