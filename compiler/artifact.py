@@ -60,7 +60,7 @@ def save_module(module: nn.Module, path: str | os.PathLike, plan: dict[str, Any]
 
 
 def load(path: str | os.PathLike) -> fx.GraphModule:
-    """The compiled model as a trainable GraphModule (no pickled code is loaded)."""
+    """The compiled model as a trainable GraphModule in eval mode (no pickled code is loaded)."""
     path = Path(path)
     if not is_artifact(path):
         raise DCPError(f"{path} is not a dcp artifact (no {GRAPH})")
@@ -71,7 +71,7 @@ def load(path: str | os.PathLike) -> fx.GraphModule:
         raise DCPError(f"cannot read artifact {path}: {str(e).splitlines()[0]}") from e
     gm = spec_to_graph(spec, state)
     gm.dcp_plan = read_plan(path)
-    return gm
+    return gm.eval()  # inference by default; training code calls .train()
 
 
 def read_plan(path: str | os.PathLike) -> dict[str, Any]:

@@ -77,3 +77,24 @@ def count(model: nn.Module, example_inputs: Any) -> tuple[int, int]:
     params = sum(p.numel() for p in model.parameters())
     return params, sum(r.macs for r in layer_costs(gm))
 
+
+
+def _fan(module: nn.Module) -> tuple[int, int]:
+    """(input fan per output, output units) of a conv/linear: MACs scale with their product."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    return module.in_channels // module.groups, module.out_channels
+
+
+def compact_macs(rows: list[LayerCost], original: nn.Module, compact: nn.Module, gm: fx.GraphModule) -> int:
+    """MACs of a channel-pruned copy, from the original's per-layer costs: spatial sizes are
+    unchanged by channel pruning, so each layer's MACs scale with its fan-in x fan-out."""
+    total = 0
+    targets = {n.name: n.target for n in gm.graph.nodes if n.op == "call_module"}
+    for r in rows:
+        if not r.macs:
+            continue
+        name = targets[r.name]
+        (fi0, fo0), (fi1, fo1) = _fan(original.get_submodule(name)), _fan(compact.get_submodule(name))
+        total += r.macs * fi1 * fo1 // (fi0 * fo0)
+    return total

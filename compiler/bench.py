@@ -1,0 +1,347 @@
+"""Latency benchmarks shared by ``dcp bench`` and ``benchmarks/latency.py``.
+
+A *backend* is one way to run a model: torch eager fp32 (CPU or CUDA); on CUDA also fp16 /
+bf16 with channels_last, torch.compile and a CUDA graph; ONNX Runtime on CPU, and with its
+CUDA provider only when a real GPU is present. Every (model, backend, size) gets a warm-up,
+then the median of repeated batch-1 runs (CUDA events on GPU) and the peak memory.
+Rows are compared with the FIRST model (the teacher): speedup next to the MAC ratio.
+
+>>> conv = lambda c: torch.nn.Sequential(torch.nn.Conv2d(4, c, 3))
+>>> rows = run({"a": conv(8), "b": conv(4)},
+...            sizes=[16], backends=["eager-fp32"], repeats=2, warmup=1, progress=False)
+>>> [(r.model, r.mac_ratio) for r in rows]
+[('a', 1.0), ('b', 2.0)]
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+import passes
+from passes.errors import DCPError
+
+CUDA_ONLY = ("eager-fp16-cl", "eager-bf16-cl", "compile-fp16-cl", "cudagraph-fp16-cl", "ort-cuda")
+BACKENDS = ("eager-fp32", *CUDA_ONLY[:4], "ort-cpu", "ort-cuda")
+
+
+@dataclass
+class Row:
+    model: str
+    backend: str
+    size: int
+    median_ms: float | None
+    runs: list[float] = field(default_factory=list)
+    peak_mb: float | None = None
+    macs: int = 0
+    params: int = 0
+    mac_ratio: float = 1.0            # teacher MACs / this model's MACs
+    speedup: float | None = None      # teacher median / this median, same backend and size
+    note: str = ""
+
+    @property
+    def efficiency(self) -> float | None:
+        """speedup / MAC ratio: 1.0 means latency fell exactly as much as the MACs."""
+        return None if self.speedup is None else self.speedup / self.mac_ratio
+
+
+def gpu_present() -> bool:
+    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+def default_backends(device: str) -> list[str]:
+    if device == "cuda":
+        return list(BACKENDS)
+    return ["eager-fp32", "ort-cpu"]
+
+
+# ----------------------------------------------------------------------------- timing
+def measure(fn: Callable[[], object], warmup: int, repeats: int, cuda: bool) -> list[float]:
+    """Milliseconds of ``repeats`` calls after ``warmup`` calls (CUDA events on GPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if cuda:
+        torch.cuda.synchronize()
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+class PeakMemory:
+    """Peak memory of a block in MB: CUDA allocator peak, or the process's peak RSS growth on Linux."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.mb = cuda, None
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.base = _rss_kb("VmRSS")
+            try:  # writing 5 resets VmHWM (the peak RSS) to the current RSS
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                self.base = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.mb = torch.cuda.max_memory_allocated() / 2**20
+        elif self.base is not None and (peak := _rss_kb("VmHWM")) is not None:
+            self.mb = max(0, peak - self.base) / 1024
+        return False
+
+
+def _rss_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+# ----------------------------------------------------------------------------- backends
+def _torch_runner(model: nn.Module, x: torch.Tensor, backend: str) -> Callable[[], object]:
+    """A no-argument callable that runs one forward of ``model`` on ``x`` (already on its device)."""
+    device = x.device
+    dtype = torch.bfloat16 if "bf16" in backend else torch.float16 if "fp16" in backend else torch.float32
+    fmt = torch.channels_last if backend.endswith("-cl") else torch.contiguous_format
+    m = copy.deepcopy(model).eval().to(device=device, dtype=dtype, memory_format=fmt)
+    xb = x.to(device=device, dtype=dtype).contiguous(memory_format=fmt)
+    if backend.startswith("compile"):
+        m = torch.compile(m)
+    if backend.startswith("cudagraph"):
+        return _cuda_graph(m, xb)
+
+    def run():
+        with torch.inference_mode():
+            return m(xb)
+    return run
+
+
+def _cuda_graph(m: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """Capture one forward in a CUDA graph (after side-stream warm-up, as the docs ask)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.inference_mode():
+        for _ in range(3):
+            m(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        m(x)
+    return graph.replay
+
+
+def _ort_runner(onnx_path: Path, x: torch.Tensor, backend: str) -> Callable[[], object]:
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = torch.get_num_threads()
+    if backend == "ort-cuda":
+        session = ort.InferenceSession(str(onnx_path), opts, providers=["CUDAExecutionProvider"])
+        binding = session.io_binding()  # device-resident input and output: no host copies timed
+        binding.bind_ortvalue_input(session.get_inputs()[0].name,
+                                    ort.OrtValue.ortvalue_from_numpy(x.numpy(), "cuda", 0))
+        binding.bind_output(session.get_outputs()[0].name, "cuda", 0)
+        return lambda: session.run_with_iobinding(binding)
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def available(backend: str) -> str | None:
+    """None if ``backend`` can run here, else why not."""
+    if backend not in BACKENDS:
+        raise DCPError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
+    if backend in CUDA_ONLY and not gpu_present():
+        return "needs a CUDA GPU"
+    if backend.startswith("ort"):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "onnxruntime is not installed"
+        if backend == "ort-cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "onnxruntime has no CUDA provider"
+    return None
+
+
+# ----------------------------------------------------------------------------- driver
+def export_for_bench(model: nn.Module, folder: Path, name: str, size: int, lower_unpool: bool = True) -> Path:
+    """A dynamic-shape ONNX file of ``model`` for the ORT backends (checked at the traced size only)."""
+    from .onnx_export import export_onnx
+    path = folder / f"{name.replace('/', '_').replace(':', '_')}.onnx"
+    export_onnx(model, path, torch.randn(1, _in_channels(model), size, size), dynamic=True,
+                lower_unpool=lower_unpool, sizes=())
+    return path
+
+
+def _in_channels(model: nn.Module) -> int:
+    return getattr(model, "in_channels", None) or next(
+        (m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 4)
+
+
+def run(models: dict[str, nn.Module], sizes: Iterable[int], backends: Iterable[str], repeats: int = 5,
+        warmup: int = 2, compile_sizes: Iterable[int] | None = None, onnx_dir: Path | None = None,
+        lower_unpool: bool = True, device: str | None = None, progress: bool = True) -> list[Row]:
+    """Time every model on every backend and size; the first model is the baseline.
+    ``device`` (default: cuda if present) is where the torch eager-fp32 rows run."""
+    from tqdm import tqdm
+    sizes, backends = list(sizes), list(backends)
+    device = device or ("cuda" if gpu_present() else "cpu")
+    skipped = {b: why for b in backends if (why := available(b))}
+    live = [b for b in backends if b not in skipped]
+    onnx_paths: dict[str, Path] = {}
+    tmp = None
+    if any(b.startswith("ort") for b in live):
+        if onnx_dir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="dcp-bench-")
+            onnx_dir = Path(tmp.name)
+        for name, model in tqdm(models.items(), desc="ONNX export", disable=not progress):
+            onnx_paths[name] = export_for_bench(model, Path(onnx_dir), name, min(sizes), lower_unpool)
+    jobs = [(s, b, n) for s in sizes for b in live for n in models]
+    rows = [Row(n, b, s, None, note=f"skipped: {skipped[b]}") for s in sizes for b in skipped for n in models]
+    for size, backend, name in tqdm(jobs, desc="bench", disable=not progress):
+        if backend.startswith("compile") and compile_sizes is not None and size not in compile_sizes:
+            continue
+        rows.append(_one(models[name], name, backend, size, repeats, warmup, onnx_paths.get(name), device))
+    if tmp is not None:
+        tmp.cleanup()
+    _fill_ratios(rows, models, next(iter(models)))
+    return rows
+
+
+def _one(model: nn.Module, name: str, backend: str, size: int, repeats: int, warmup: int,
+         onnx_path: Path | None, device: str) -> Row:
+    x = torch.randn(1, _in_channels(model), size, size, generator=torch.Generator().manual_seed(0))
+    ort = backend.startswith("ort")
+    # ORT syncs before returning, so wall-clock time is right for it; its memory is not torch's
+    cuda = not ort and (backend in CUDA_ONLY or device == "cuda")
+    row = Row(name, backend, size, None)
+    try:
+        with PeakMemory(cuda) as mem:
+            fn = _ort_runner(onnx_path, x, backend) if ort else _torch_runner(model, x.to("cuda" if cuda else "cpu"),
+                                                                             backend)
+            row.runs = measure(fn, warmup, repeats, cuda)
+        row.median_ms, row.peak_mb = statistics.median(row.runs), mem.mb
+    except Exception as e:  # one failing backend (e.g. an op without a bf16 kernel) must not end the run
+        row.note = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}"
+    finally:
+        if cuda or backend == "ort-cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def _fill_ratios(rows: list[Row], models: dict[str, nn.Module], baseline: str) -> None:
+    costs = {}
+    for name, model in models.items():
+        for size in {r.size for r in rows}:
+            x = torch.zeros(1, _in_channels(model), size, size)
+            costs[name, size] = passes.count(model, x)
+    base = {(r.backend, r.size): r.median_ms for r in rows if r.model == baseline}
+    for r in rows:
+        r.params, r.macs = costs[r.model, r.size]
+        r.mac_ratio = costs[baseline, r.size][1] / max(1, r.macs)
+        b = base.get((r.backend, r.size))
+        r.speedup = b / r.median_ms if b and r.median_ms else None
+
+
+def as_dicts(rows: list[Row]) -> list[dict]:
+    return [dict(asdict(r), efficiency=r.efficiency) for r in rows]
+
+
+# ----------------------------------------------------------------------------- reports
+HEADER = ("backend", "size", "model", "GMACs", "MAC ratio", "median ms", "speedup", "speedup/MAC ratio", "peak MB")
+
+
+def markdown(rows: list[Row]) -> str:
+    """One row per (backend, size, model): the speedup next to the MAC ratio."""
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for r in sorted(rows, key=lambda r: (BACKENDS.index(r.backend), r.size)):
+        cells = [r.backend, str(r.size), r.model, f(r.macs / 1e9, ".2f"), f(r.mac_ratio, ".2f"),
+                 f(r.median_ms, ".2f") if r.median_ms is not None else r.note or "-",
+                 f(r.speedup, ".2f"), f(r.efficiency, ".2f"), f(r.peak_mb, ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path, title: str = "") -> Path | None:
+    """Median latency against input size, one panel per backend, one line per model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    done = [r for r in rows if r.median_ms is not None]
+    backends = [b for b in BACKENDS if any(r.backend == b for r in done)]
+    if not backends:
+        return None
+    fig, axes = plt.subplots(1, len(backends), figsize=(4 * len(backends), 3.5), squeeze=False)
+    for ax, b in zip(axes[0], backends):
+        for model in dict.fromkeys(r.model for r in done):
+            pts = sorted((r.size, r.median_ms) for r in done if r.backend == b and r.model == model)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=model)
+        ax.set(title=b, xlabel="input size (px)", ylabel="median ms", yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write(rows: list[Row], folder: Path, stem: str, meta: dict) -> list[Path]:
+    """``stem.json`` (rows + meta), ``stem.md`` (the table) and ``stem.png`` in ``folder``, atomically."""
+    import json
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for suffix, text in ((".json", json.dumps({"meta": meta, "rows": as_dicts(rows)}, indent=1)),
+                         (".md", markdown(rows) + "\n")):
+        path = folder / f"{stem}{suffix}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        out.append(path)
+    png = plot(rows, folder / f"{stem}.png", title=meta.get("title", ""))
+    return out + ([png] if png else [])
+
+
+def environment() -> dict:
+    """What the numbers were measured on."""
+    import platform
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or
+           platform.machine(), "gpu": torch.cuda.get_device_name(0) if gpu_present() else None}
+    try:
+        import onnxruntime
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return env

@@ -1,0 +1,201 @@
+"""ONNX export through the dynamo exporter, checked by onnx.checker and ONNX Runtime.
+
+The legacy TorchScript exporter cannot export MaxUnpool2d; the dynamo one can (as ScatterND,
+or as dense ops after ``passes.lower_unpool``). Batch, H and W are dynamic by default, and
+ONNX Runtime is compared with torch at the traced size AND at odd sizes (97x131, 200x150):
+dynamic-shape exports of SegNet-style models are known to break at some sizes only.
+
+    report = export_onnx(model, "model.onnx", torch.zeros(1, 4, 320, 320))
+    print(report.summary())
+
+The file appears only once every check passed (written in a temp folder, then renamed);
+weights go to ``model.onnx.data`` next to it when the model is too big for one protobuf.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from passes.errors import DCPError
+from passes.trace import as_tuple
+
+ODD_SIZES = ((97, 131), (200, 150))
+FP32_ATOL, FP16_ATOL = 1e-4, 2e-2
+PROTOBUF_LIMIT = 1_800_000_000  # bytes of weights above which they go to external data (hard limit 2 GiB)
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    opset: int
+    dynamic: bool
+    ops: list[str]
+    files: list[Path]
+    checks: list[tuple[tuple[int, ...], float]] = field(default_factory=list)  # (input shape, max abs error)
+    provider: str = ""
+    atol: float = FP32_ATOL
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.path} (opset {self.opset}, {'dynamic' if self.dynamic else 'static'} shapes, "
+                 f"{sum(f.stat().st_size for f in self.files) / 1e6:.1f} MB in {len(self.files)} file(s))",
+                 f"ops: {', '.join(self.ops)}"]
+        for shape, err in self.checks:
+            lines.append(f"ORT ({self.provider}) vs torch at {'x'.join(map(str, shape))}: max abs error {err:.2e}"
+                         f" (limit {self.atol:.0e})")
+        return "\n".join(lines)
+
+
+def prepare(model: nn.Module, lower_unpool: bool = False, fold_bn: bool = False) -> nn.Module:
+    """The deployment form of ``model``: eval mode, optionally BN-folded and unpool-lowered."""
+    model = model.eval()
+    if fold_bn:
+        from passes.fold_bn import fold_bn as _fold
+        model = _fold(model)
+    if lower_unpool:
+        from passes.lower_unpool import lower_unpool as _lower
+        model = _lower(model)
+    return model.eval()
+
+
+def _dynamic_shapes(inputs: tuple) -> tuple:
+    dyn = torch.export.Dim.DYNAMIC
+    return tuple({0: dyn, 2: dyn, 3: dyn} if t.dim() == 4 else {0: dyn} for t in inputs)
+
+
+def _export(model: nn.Module, inputs: tuple, dest: Path, dynamic: bool, opset: int | None) -> None:
+    """Run the dynamo exporter quietly (it prints progress lines and warnings) and save."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    quiet = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset, verbose=False,
+                                        dynamic_shapes=_dynamic_shapes(inputs) if dynamic else None)
+            program.save(dest, external_data=weight_bytes > PROTOBUF_LIMIT)
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        raise DCPError(f"ONNX export failed: {type(e).__name__}: {msg[0] if msg else ''}") from e
+
+
+def _providers() -> list[str]:
+    """CUDA only on a real GPU: onnxruntime-gpu lists it anyway and falls back with an error."""
+    import onnxruntime as ort
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def check_sizes(example: torch.Tensor, dynamic: bool, sizes: Sequence[Sequence[int]] | None) -> list[tuple[int, ...]]:
+    """Input shapes to compare at: the traced one, and when dynamic, odd sizes (the first at batch 2)."""
+    shapes = [tuple(example.shape)]
+    if dynamic and example.dim() == 4:
+        extra = ODD_SIZES if sizes is None else sizes
+        for i, (h, w) in enumerate(extra):
+            shapes.append((2 if i == 0 else example.shape[0], example.shape[1], int(h), int(w)))
+    return shapes
+
+
+def compare_with_torch(onnx_path: Path, reference: nn.Module, shapes: list[tuple[int, ...]], dtype: torch.dtype,
+                       provider_list: list[str] | None = None) -> tuple[list[tuple[tuple[int, ...], float]], str]:
+    """Max abs error of ORT against ``reference`` (fp32 torch) on random inputs of each shape."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), opts, providers=provider_list or _providers())
+    name = session.get_inputs()[0].name
+    results = []
+    gen = torch.Generator().manual_seed(0)
+    for shape in shapes:
+        x = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            ref = reference(x).float().numpy()
+        try:
+            out = session.run(None, {name: x.to(dtype).numpy()})[0]
+        except Exception as e:  # ORT errors are long; the first line names the node
+            raise DCPError(f"ONNX Runtime failed at input {'x'.join(map(str, shape))}: "
+                           f"{str(e).strip().splitlines()[0]}") from e
+        if out.shape != ref.shape:
+            raise DCPError(f"ONNX output shape {out.shape} != torch {ref.shape} at input {shape}")
+        results.append((shape, float(abs(out.astype("float32") - ref).max())))
+    return results, session.get_providers()[0]
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: Any, dynamic: bool = True,
+                opset: int | None = None, lower_unpool: bool = False, fold_bn: bool = False, fp16: bool = False,
+                check: bool = True, sizes: Sequence[Sequence[int]] | None = None) -> ExportReport:
+    """Export ``model`` to ``path`` (dynamic batch/H/W unless ``dynamic=False``) and verify it.
+
+    ``lower_unpool`` replaces MaxUnpool by dense ops (TensorRT), ``fold_bn`` folds BN into convs,
+    ``fp16`` exports half weights and I/O. Raises ``DCPError`` (and writes nothing) if ORT
+    differs from fp32 torch by more than 1e-4 (2e-2 in fp16) at any checked size.
+    """
+    inputs = as_tuple(example_inputs)
+    if len(inputs) != 1:
+        raise DCPError("export_onnx supports single-input models")
+    reference = model.eval()
+    deploy = prepare(model, lower_unpool=lower_unpool, fold_bn=fold_bn)
+    dtype = torch.float16 if fp16 else torch.float32
+    if fp16:
+        deploy = _half_copy(deploy)
+    path = Path(path)
+    if path.is_dir():
+        raise DCPError(f"{path} is a folder; give the .onnx file to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        dest = tmp / path.name  # external data is named after the file: keep the final name
+        _export(deploy, tuple(t.to(dtype) for t in inputs), dest, dynamic, opset)
+        report = _check_model(dest, opset, dynamic)
+        if check:
+            shapes = check_sizes(inputs[0], dynamic, sizes)
+            report.atol = FP16_ATOL if fp16 else FP32_ATOL
+            report.checks, report.provider = compare_with_torch(dest, reference, shapes, dtype)
+            bad = [(s, e) for s, e in report.checks if not e <= report.atol]
+            if bad:
+                s, e = bad[0]
+                raise DCPError(f"ONNX Runtime differs from torch by {e:.2e} at input {'x'.join(map(str, s))} "
+                               f"(limit {report.atol:.0e}); nothing written")
+        report.files = _move_into(tmp, path.parent)
+        report.path = path
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _half_copy(model: nn.Module) -> nn.Module:
+    import copy
+    return copy.deepcopy(model).half()
+
+
+def _check_model(dest: Path, opset: int | None, dynamic: bool) -> ExportReport:
+    import onnx
+    try:
+        onnx.checker.check_model(str(dest), full_check=True)  # by path: handles external data
+    except Exception as e:
+        raise DCPError(f"exported model fails onnx.checker: {str(e).strip().splitlines()[0]}") from e
+    proto = onnx.load(str(dest), load_external_data=False)
+    ops = sorted({n.op_type for n in proto.graph.node})
+    got_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset or 0)
+    return ExportReport(dest, got_opset, dynamic, ops, sorted(dest.parent.iterdir()))
+
+
+def _move_into(tmp: Path, folder: Path) -> list[Path]:
+    """Rename the exported files into place, weights first, so the .onnx never points at nothing."""
+    files = sorted(tmp.iterdir(), key=lambda f: f.suffix == ".onnx")
+    moved = []
+    for f in files:
+        os.replace(f, folder / f.name)
+        moved.append(folder / f.name)
+    return moved
