@@ -13,7 +13,7 @@ from passes.count import compact_macs, layer_costs
 from passes.importance import channel_scores
 from passes.report import format_groups
 from passes.rewrite import KeepMap, rewrite
-from passes.select import select
+from passes.select import scope_pools, select
 from passes.trace import as_tuple
 from passes.verify import VerifyResult, verify
 
@@ -81,8 +81,9 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
         ctx = analyse(gm)
         groups = build_groups(ctx)
         scores = channel_scores(gm, groups, importance, aggregate)
-        keep = select(groups, scores, ratio=ratio, scopes=scopes, round_to=round_to,
-                      min_channels=min_channels, widths=widths)
+        pools = scope_pools(gm, groups, scopes, ratio, importance, aggregate) if scopes else None
+        keep = select(groups, scores, ratio=ratio, round_to=round_to, min_channels=min_channels,
+                      widths=widths, pools=pools)
         compact, kept = rewrite(ctx, groups, keep)
         costs = layer_costs(gm)
         report = {

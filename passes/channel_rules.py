@@ -240,8 +240,9 @@ def reshape(ctx, node):
     shape, out = ctx.shape(src), ctx.shape(node)
     sizes = node.args[1:] if len(node.args) > 2 or not isinstance(_arg(node, 1, "shape"), (tuple, list)) \
         else tuple(_arg(node, 1, "shape"))
-    literal_channel = len(sizes) > 1 and isinstance(sizes[1], int) and sizes[1] != -1
-    if shape and out and not literal_channel and len(out) >= 2 and out[0] == shape[0]:
+    if len(sizes) > 1 and isinstance(sizes[1], int) and sizes[1] != -1:
+        return unknown_reason(ctx, node, f"has the channel count {sizes[1]} as a literal: it would not follow pruning")
+    if shape and out and len(out) >= 2 and out[0] == shape[0]:
         if out[1] == shape[1] and math.prod(out[2:]) == math.prod(shape[2:]):
             return ctx.space(src)
         if len(out) == 2 and out[1] == math.prod(shape[1:]):

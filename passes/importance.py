@@ -17,7 +17,7 @@ important as a plain layer), ``sum`` or ``max``.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -66,9 +66,10 @@ def _aggregate(group: Group, parts: list[tuple[np.ndarray, torch.Tensor]], how: 
     return total / count.clamp(min=1) if how == "mean" else total
 
 
-def channel_scores(model: nn.Module, groups: list[Group], importance="bn",
-                   aggregate: str = "mean") -> dict[int, torch.Tensor]:
-    """``{group id: Tensor[group.size]}`` for every prunable group."""
+def channel_scores(model: nn.Module, groups: list[Group], importance="bn", aggregate: str = "mean",
+                   members: Callable[[Member], bool] | None = None) -> dict[int, torch.Tensor]:
+    """``{group id: Tensor[group.size]}`` for every prunable group; ``members`` filters which
+    members speak (e.g. only the encoder's, for a scope's pool)."""
     if aggregate not in AGGREGATES:
         raise DCPError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     if isinstance(importance, Mapping):
@@ -82,6 +83,8 @@ def channel_scores(model: nn.Module, groups: list[Group], importance="bn",
         for source in (importance, "bn", "l1"):  # fall back when a source says nothing of this group
             parts = []
             for m in g.members:
+                if members is not None and not members(m):
+                    continue
                 s = _member_scores(model, m, source)
                 if s is not None:
                     if s.numel() <= int(m.positions.max()):

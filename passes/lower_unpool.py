@@ -104,7 +104,7 @@ def _pool_of(gm: fx.GraphModule, indices: Any) -> tuple[fx.Node, Any, PoolParams
         x = pool.args[0] if pool.args else pool.kwargs.get("input")
         return pool, x, PoolParams(_pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding),
                                    _pair(m.dilation), bool(m.ceil_mode))
-    if pool.op == "call_function" and pool.target in (F.max_pool2d_with_indices, torch.max_pool2d_with_indices):
+    if pool.op == "call_function" and pool.target is F.max_pool2d_with_indices:
         a = dict(zip(("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode"), pool.args), **pool.kwargs)
         k, stride = _pair(a["kernel_size"]), a.get("stride")
         return pool, a["input"], PoolParams(k, k if stride in (None, (), []) else _pair(stride),

@@ -1,11 +1,12 @@
 """Choose which channels of each prunable group to keep: the keep plan.
 
-- ``ratio``: the fraction of prunable channels removed, by one global ranking of scores
-  (within a scope, if scopes are given);
-- ``scopes``: ``[(name, patterns, ratio), ...]``; a group belongs to the first scope whose
-  fnmatch pattern matches one of its producers (groups of no scope use ``ratio``).
-  ``PAPER_SCOPES`` reproduces the paper's separate encoder / decoder thresholds; a group
-  tied across an unpool link belongs to the encoder pool;
+- ``ratio``: the fraction of prunable channels removed, by one global ranking of scores;
+- scopes: ``[(name, patterns, ratio), ...]``. A member (a layer) belongs to the first scope
+  whose fnmatch pattern matches its module name, else to the default scope (``ratio``).
+  Each scope ranks the channels by its own members' scores in its own pool and drops its
+  lowest ``ratio``; a channel is removed only if EVERY pool it appears in drops it (a group
+  tied across an unpool link keeps a channel either side wants: the paper's "max of the two
+  counts", with the indices tied). ``PAPER_SCOPES``: the paper's encoder / decoder pools;
 - ``round_to``: kept counts rounded UP to a multiple (8 for tensor cores), capped at the size;
 - ``min_channels``: never fewer (never 0);
 - ``widths``: explicit kept counts, ``{group id or producer module name: n}``.
@@ -24,11 +25,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
-from .channels import Group
+from .channels import Group, Member
 from .errors import DCPError
+from .importance import channel_scores
 
 PAPER_SCOPES = (("encoder", ("down*",), None), ("decoder", ("up*",), None))
+Pool = tuple[float, dict[int, torch.Tensor]]  # (ratio removed, {group id: scores})
 
 
 def resolve_scopes(scopes, ratio: float) -> list[tuple[str, tuple[str, ...], float]]:
@@ -40,16 +44,35 @@ def resolve_scopes(scopes, ratio: float) -> list[tuple[str, tuple[str, ...], flo
     out = []
     for name, patterns, r in scopes:
         patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
-        out.append((name, patterns, ratio if r is None else float(r)))
+        r = ratio if r is None else float(r)
+        _check_ratio(r)
+        out.append((name, patterns, r))
     return out
 
 
-def scope_of(group: Group, scopes) -> int | None:
-    producers = group.names("producer")
+def _scope_index(member: Member, scopes) -> int | None:
     for i, (_, patterns, _) in enumerate(scopes):
-        if any(fnmatch.fnmatchcase(p, pat) for p in producers[:1] for pat in patterns):
+        if any(fnmatch.fnmatchcase(member.module, p) for p in patterns):
             return i
     return None
+
+
+def scope_pools(model: nn.Module, groups: Sequence[Group], scopes, ratio: float, importance="bn",
+                aggregate: str = "mean") -> list[Pool]:
+    """One pool per scope (and one for members of no scope), scored by that scope's members."""
+    scopes = resolve_scopes(scopes, ratio)
+    pools = []
+    for i in [*range(len(scopes)), None]:
+        scores = channel_scores(model, groups, importance, aggregate,
+                                members=lambda m, i=i: _scope_index(m, scopes) == i)
+        scores = {gid: s for gid, s in scores.items() if _has_scored_member(groups[gid], scopes, i)}
+        if scores:
+            pools.append((ratio if i is None else scopes[i][2], scores))
+    return pools
+
+
+def _has_scored_member(group: Group, scopes, i) -> bool:
+    return any(_scope_index(m, scopes) == i for m in group.members if m.kind != "consumer")
 
 
 def _check_ratio(r: float) -> None:
@@ -57,17 +80,14 @@ def _check_ratio(r: float) -> None:
         raise DCPError(f"ratio must be in [0, 1), got {r}")
 
 
-def removal_counts(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], ratio: float) -> dict[int, int]:
-    """One global ranking: the ``ratio`` lowest-scored channels of the pool are removed."""
-    ids = [g.id for g in groups]
-    if not ids:
-        return {}
+def dropped_by_pool(ratio: float, scores: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """One ranking over the pool: the ``ratio`` lowest-scored channels are dropped."""
+    ids = list(scores)
     all_scores = torch.cat([scores[i] for i in ids])
-    owner = torch.cat([torch.full((scores[i].numel(),), k) for k, i in enumerate(ids)])
-    n_remove = int(math.floor(ratio * all_scores.numel()))
-    order = torch.argsort(all_scores, stable=True)[:n_remove]
-    removed = torch.bincount(owner[order], minlength=len(ids))
-    return {i: int(removed[k]) for k, i in enumerate(ids)}
+    n_drop = int(math.floor(ratio * all_scores.numel()))
+    dropped = torch.zeros(all_scores.numel(), dtype=torch.bool)
+    dropped[torch.argsort(all_scores, stable=True)[:n_drop]] = True
+    return dict(zip(ids, dropped.split([scores[i].numel() for i in ids])))
 
 
 def _round_up(n: int, multiple: int, cap: int) -> int:
@@ -75,29 +95,30 @@ def _round_up(n: int, multiple: int, cap: int) -> int:
 
 
 def select(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], ratio: float = 0.5,
-           scopes=None, round_to: int = 1, min_channels: int = 1,
-           widths: Mapping[int | str, int] | None = None) -> dict[int, np.ndarray]:
-    """``{group id: sorted kept channel indices}`` for every prunable group that has scores."""
+           round_to: int = 1, min_channels: int = 1, widths: Mapping[int | str, int] | None = None,
+           pools: Sequence[Pool] | None = None) -> dict[int, np.ndarray]:
+    """``{group id: sorted kept channel indices}`` for every prunable group that has scores.
+    ``scores`` order channels within a group; ``pools`` (default: one pool of ``scores`` at
+    ``ratio``) decide how many go."""
     _check_ratio(ratio)
     if round_to < 1 or min_channels < 1:
         raise DCPError(f"round_to and min_channels must be >= 1, got {round_to}, {min_channels}")
-    scopes = resolve_scopes(scopes, ratio)
-    for _, _, r in scopes:
-        _check_ratio(r)
     candidates = [g for g in groups if g.prunable and g.id in scores]
-    pools: dict[int | None, list[Group]] = {}
-    for g in candidates:
-        pools.setdefault(scope_of(g, scopes), []).append(g)
-    removed: dict[int, int] = {}
-    for scope, members in pools.items():
-        removed.update(removal_counts(members, scores, ratio if scope is None else scopes[scope][2]))
+    removed = {g.id: torch.ones(g.size, dtype=torch.bool) for g in candidates}
+    for pool_ratio, pool_scores in pools if pools is not None else [(ratio, scores)]:
+        _check_ratio(pool_ratio)
+        for gid, dropped in dropped_by_pool(pool_ratio, pool_scores).items():
+            if gid in removed:
+                removed[gid] &= dropped
     explicit = _explicit_widths(candidates, widths or {})
     keep = {}
     for g in candidates:
-        n = explicit.get(g.id, g.size - removed[g.id])
+        n = explicit.get(g.id, g.size - int(removed[g.id].sum()))
         n = _round_up(max(n, min_channels, 1), round_to, g.size)
-        top = torch.argsort(scores[g.id], descending=True, stable=True)[:n]
-        keep[g.id] = np.sort(top.numpy())
+        order = torch.argsort(scores[g.id], descending=True, stable=True)
+        if g.id not in explicit:  # survivors first, then the best of the rest (rounding, minimum)
+            order = order[torch.argsort(removed[g.id][order].int(), stable=True)]
+        keep[g.id] = np.sort(order[:n].numpy())
     return keep
 
 
