@@ -158,7 +158,8 @@ def prelu(ctx, node):
 
 def max_pool(ctx, node):
     space = _first(ctx, node)
-    returns_indices = isinstance(node.meta.get("tensor_meta"), (tuple, list))
+    meta = node.meta.get("tensor_meta")  # TensorMetadata is itself a NamedTuple: test for .shape
+    returns_indices = isinstance(meta, (tuple, list)) and not hasattr(meta, "shape")
     return (space, space) if returns_indices else space
 
 
@@ -274,6 +275,18 @@ def reduce(ctx, node):
     return same_if_shape_keeps_channels(ctx, node)
 
 
+def split(ctx, node):
+    """split/chunk: along a spatial dim every piece keeps the channels; along the channel dim
+    the piece sizes are literals the rewrite does not update, so the channels freeze."""
+    src = node.args[0]
+    dim = _arg(node, 2, "dim", 0)
+    rank = len(ctx.shape(src))
+    pieces = node.meta.get("tensor_meta")
+    if dim % rank != 1:
+        return tuple(ctx.space(src) for _ in pieces)
+    return unknown_reason(ctx, node, "splits the channel dim into pieces of literal sizes")
+
+
 def get_attr(ctx, node):
     c = _out_channels(ctx, node)
     return ctx.fresh_frozen(c, f"{node.name}: a constant tensor in the graph") if c else None
@@ -307,7 +320,12 @@ FUNCTION_RULES: dict[object, callable] = {
     torch.reshape: reshape, torch.permute: permute, torch.transpose: transpose,
     torch.mean: reduce, torch.sum: reduce, torch.amax: reduce,
     torch.squeeze: same_if_shape_keeps_channels, torch.unsqueeze: same_if_shape_keeps_channels,
-    getattr: no_channels, len: no_channels,
+    getattr: no_channels, len: no_channels, torch.split: split, torch.chunk: split,
+}
+
+# Functions of optional libraries, keyed by qualified name so passes need not import them.
+NAMED_FUNCTION_RULES: dict[str, callable] = {
+    "torchvision.ops.stochastic_depth.stochastic_depth": same,  # scales whole samples
 }
 
 METHOD_RULES: dict[str, callable] = {
@@ -318,6 +336,11 @@ METHOD_RULES: dict[str, callable] = {
     "view": reshape, "reshape": reshape, "flatten": flatten, "permute": permute, "transpose": transpose,
     "mean": reduce, "sum": reduce, "amax": reduce,
     "squeeze": same_if_shape_keeps_channels, "unsqueeze": same_if_shape_keeps_channels,
+    "split": split, "chunk": split,
+}
+
+NAMED_MODULE_RULES: dict[str, callable] = {
+    "torchvision.ops.stochastic_depth.StochasticDepth": same,
 }
 
 
@@ -329,9 +352,12 @@ def rule_for(gm: fx.GraphModule, node: fx.Node):
     if node.op == "get_attr":
         return get_attr
     if node.op == "call_module":
-        return MODULE_RULES.get(type(gm.get_submodule(node.target)), unknown)
+        cls = type(gm.get_submodule(node.target))
+        return MODULE_RULES.get(cls) or NAMED_MODULE_RULES.get(f"{cls.__module__}.{cls.__qualname__}", unknown)
     if node.op == "call_function":
-        return FUNCTION_RULES.get(node.target, unknown)
+        fn = node.target
+        return FUNCTION_RULES.get(fn) or NAMED_FUNCTION_RULES.get(
+            f"{getattr(fn, '__module__', '')}.{getattr(fn, '__name__', '')}", unknown)
     if node.op == "call_method":
         return METHOD_RULES.get(node.target, unknown)
     return unknown

@@ -56,7 +56,7 @@ def random_nets(draw, max_steps: int = 10, side: int = 8):
     conv_to(draw(st.integers(2, 6)), 3)
     for _ in range(draw(st.integers(1, max_steps))):
         c, h = shapes[-1]
-        op = draw(st.sampled_from(["conv", "bn", "act", "pool", "unpool", "add", "cat", "se", "dw"]))
+        op = draw(st.sampled_from(["conv", "bn", "act", "pool", "unpool", "add", "cat", "se", "dw", "plainpool"]))
         if op == "conv":
             conv_to(draw(st.integers(2, 8)), draw(st.sampled_from([1, 3])))
         elif op == "bn":
@@ -68,6 +68,8 @@ def random_nets(draw, max_steps: int = 10, side: int = 8):
         elif op == "pool" and h % 2 == 0:
             add_module(nn.MaxPool2d(2, 2, return_indices=True), "pool", shape=(c, h // 2))
             pools[len(shapes) - 1] = ((c, h // 2), (c, h))
+        elif op == "plainpool" and h % 2 == 0:
+            add_module(draw(st.sampled_from([nn.MaxPool2d, nn.AvgPool2d]))(2, 2), shape=(c, h // 2))
         elif op == "unpool" and pools:
             j = draw(st.sampled_from(sorted(pools)))
             (pc, ph), out_shape = pools[j]
