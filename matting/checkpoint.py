@@ -48,7 +48,7 @@ def read_torch_file(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e) and "Unsupported global" not in str(e):
+        if "Unsupported global" not in str(e):
             raise DCPError(f"{path} is not a readable torch checkpoint ({str(e).splitlines()[0]})") from e
         if not trust_pickle:
             raise DCPError(f"{path} contains pickled Python objects; it could run code when loaded. "
@@ -69,8 +69,15 @@ class _Shim(nn.Module):
 class _ShimUnpickler(pickle.Unpickler):
     """Resolve torch classes normally and map every other class onto ``_Shim``."""
 
+    SAFE_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "int", "float", "str", "bool", "bytes",
+                     "bytearray", "slice", "complex", "object"}
+
     def find_class(self, module: str, name: str):
-        if module.startswith(("torch", "collections", "builtins", "_codecs", "numpy")):
+        if module in ("builtins", "__builtin__"):
+            if name not in self.SAFE_BUILTINS:
+                raise pickle.UnpicklingError(f"refusing builtin {name} in a checkpoint")
+            return super().find_class("builtins", name)
+        if module.startswith(("torch", "collections", "_codecs", "numpy")):
             return super().find_class(module, name)
         return _Shim
 
