@@ -54,6 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    finally:  # under torchrun: leave the process group cleanly
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
     from matting.train import train_finetune, train_prune, train_teacher
     cfg = load_config(args.stage, args.config, args.overrides)
     train_set, val_set = datasets(args.data, args.val_data, cfg)
