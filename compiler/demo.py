@@ -1,0 +1,148 @@
+"""``dcp demo``: the whole method on the built-in synthetic data, ending in a report.
+
+synthetic data -> small teacher -> pruning stage (SPKD + sparsity) -> compile (paper scopes,
+sparse student's gammas) -> training stage (SPKD) -> ONNX export -> latency -> metrics ->
+``OUT/report.md`` with plots. ``--fast`` is the same pipeline at toy scale (used by a test).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+import torch
+
+import matting
+from matting.checkpoint import load_dim
+from matting.sparsity import bn_importance
+
+from . import artifact
+from .pipeline import compile as compile_model, save as save_result
+
+
+@dataclass
+class DemoSettings:
+    width: float = 0.25        # teacher width (CPU scale)
+    n_train: int = 160
+    n_test: int = 12
+    size: int = 128            # synthetic image side
+    crop: int = 96             # training crop side
+    teacher_epochs: int = 10
+    prune_epochs: int = 4
+    finetune_epochs: int = 6
+    batch_size: int = 8
+    ratio: float = 0.5
+    round_to: int = 8
+    bench_sizes: tuple[int, ...] = (320, 640)
+    bench_repeats: int = 5
+    bench_onnx: bool = True    # also time ONNX Runtime (exports both models: ~1 min on CPU)
+    seed: int = 7
+
+
+FAST = DemoSettings(width=0.125, n_train=24, n_test=4, size=64, crop=64, teacher_epochs=2, prune_epochs=1,
+                    finetune_epochs=1, batch_size=4, bench_sizes=(128,), bench_repeats=3, bench_onnx=False)
+
+
+# CPU-scale training settings shared by the three stages; the prune stage starts from the
+# teacher with 10x the paper's L1 so that a few epochs separate the channels.
+STAGE_EXTRA = {"teacher": {"lr": 1e-3},
+               "prune": {"init": "teacher", "lr": 1e-2, "lambda_enc": 1e-3, "lambda_dec": 1e-4},
+               "finetune": {"init": "inherit", "lr": 1e-3}}
+
+
+def _stage_cfg(stage: str, s: DemoSettings, epochs: int) -> dict:
+    from matting.train.config import load_config
+    values = {"epochs": epochs, "batch_size": s.batch_size, "size": s.crop, "seed": s.seed,
+              "workers": 0, "jitter": 0.0, "val_fraction": 0.15, "amp": False, **STAGE_EXTRA[stage]}
+    return load_config(stage, None, [f"{k}={v}" for k, v in values.items()])
+
+
+def _say(msg: str) -> None:
+    print(f"\n== {msg}", flush=True)
+
+
+def run_demo(out: Path, s: DemoSettings) -> Path:
+    from matting.data.synth import write_synth
+    from matting.train import train_finetune, train_prune, train_teacher
+    from .commands.train import datasets
+
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        timings[name] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
+
+    torch.manual_seed(s.seed)
+    _say(f"1/8 synthetic data: {s.n_train} training + {s.n_test} test images of {s.size}px")
+    write_synth(out / "data" / "train", s.n_train, s.size, seed=s.seed, force=True)
+    write_synth(out / "data" / "test", s.n_test, s.size, seed=s.seed + 1000, force=True)
+    lap("data")
+
+    _say(f"2/8 teacher: DIM at width {s.width}")
+    cfg = _stage_cfg("teacher", s, s.teacher_epochs)
+    train_set, val_set = datasets(str(out / "data" / "train"), None, cfg)
+    train_teacher(matting.dim(width=s.width), train_set, val_set, cfg, out / "teacher")
+    teacher = load_dim(out / "teacher" / "best.pt").eval()
+    lap("teacher")
+
+    _say("3/8 pruning stage: SPKD distillation + L1 on prunable BN gammas")
+    example = torch.zeros(1, 4, s.crop, s.crop)
+    cfg = _stage_cfg("prune", s, s.prune_epochs)
+    train_prune(teacher, train_set, val_set, cfg, out / "prune", example)
+    sparse = load_dim(out / "prune" / "best.pt").eval()
+    lap("prune")
+
+    _say(f"4/8 compile: ratio {s.ratio} per encoder/decoder pool, round_to {s.round_to}")
+    res = compile_model(sparse, torch.zeros(1, 4, 320, 320), ratio=s.ratio, importance=bn_importance(sparse),
+                        scopes="paper", round_to=s.round_to)
+    print(res.summary())
+    save_result(res, out / "compiled")
+    lap("compile")
+
+    _say("5/8 training stage: distil the teacher into the compact student")
+    cfg = _stage_cfg("finetune", s, s.finetune_epochs)
+    student = artifact.load(out / "compiled")
+    train_finetune(student, teacher, train_set, val_set, cfg, out / "finetune", example)
+    from matting.checkpoint import read_torch_file
+    student.load_state_dict(read_torch_file(out / "finetune" / "best.pt")["state_dict"])
+    artifact.save_module(student.eval(), out / "student", artifact.read_plan(out / "compiled"))
+    lap("finetune")
+
+    _say("6/8 ONNX export of the student (dynamic H/W, checked in ONNX Runtime)")
+    onnx_report = _export(student, out)
+    lap("export")
+
+    _say("7/8 latency: teacher vs student")
+    rows = _bench({"teacher": teacher, "student": student}, s)
+    lap("bench")
+
+    _say("8/8 metrics on the synthetic test set")
+    from .demo_report import evaluate_models, write_report
+    scores = evaluate_models({"teacher": teacher, "student": student}, out / "data" / "test")
+    lap("eval")
+    report = write_report(out, s, teacher=teacher, sparse=sparse, student=student, compiled=res, scores=scores,
+                          bench_rows=rows, onnx=onnx_report, timings=timings)
+    (out / "settings.json").write_text(json.dumps(asdict(s), indent=1))
+    print(f"\nreport: {report}")
+    return report
+
+
+def _export(student: torch.nn.Module, out: Path) -> str:
+    from .onnx_export import export_onnx
+    try:
+        rep = export_onnx(student, out / "student.onnx", torch.zeros(1, 4, 96, 96), dynamic=True)
+        checks = ", ".join(f"{'x'.join(map(str, c.shape[2:]))}: {c.max_error:.1e}" for c in rep.checks)
+        return (f"{rep.path.name}: opset {rep.opset}, dynamic H/W, ops {', '.join(rep.ops)}\n"
+                f"ONNX Runtime ({rep.provider}) vs torch, max abs error per input size: {checks}")
+    except Exception as e:  # the report says what failed; the demo goes on
+        return f"export failed: {type(e).__name__}: {str(e).splitlines()[0]}"
+
+
+def _bench(models: dict, s: DemoSettings) -> list:
+    from . import bench
+    backends = ["eager-fp32", "ort-cpu"] if s.bench_onnx else ["eager-fp32"]
+    return bench.run(models, s.bench_sizes, backends, repeats=s.bench_repeats, warmup=1, device="cpu")

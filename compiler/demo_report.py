@@ -1,0 +1,161 @@
+"""The demo's report: metrics of teacher and student, and the plots that explain them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import matting
+from matting import metrics
+from matting.data import io
+from matting.data.folder import folder_names
+from matting.infer import predict
+from passes.count import count
+
+
+def evaluate_models(models: dict, folder: Path) -> dict:
+    """Per model: mean SAD/MSE/Grad/Conn over the folder, and the predictions (for the grid)."""
+    names = folder_names(folder)
+    out = {}
+    for label, model in models.items():
+        rows, preds = [], {}
+        for name in names:
+            image = io.read_rgb(folder / "image" / f"{name}.png")
+            trimap = io.read_trimap(folder / "trimap" / f"{name}.png")
+            gt = io.read_gray(folder / "alpha" / f"{name}.png")
+            pred = metrics.to_uint8(predict(model, image, trimap, device="cpu"))
+            preds[name] = pred
+            rows.append(metrics.all_metrics(pred, gt, trimap))
+        out[label] = {"mean": {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}, "preds": preds}
+    return out
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_widths(teacher, student, path: Path) -> None:
+    plt = _plt()
+    names = [n for n, m in teacher.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    tw = [teacher.get_submodule(n).out_channels for n in names]
+    sw = [student.get_submodule(n).out_channels for n in names]
+    labels = [n.removesuffix(".cbr_unit.0") for n in names]
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, tw, 0.4, label="teacher")
+    ax.bar(x + 0.2, sw, 0.4, label="student")
+    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("output channels")
+    ax.legend()
+    ax.set_title("per-layer widths (tied layers across an unpool keep the same channels)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gammas(sparse, student, path: Path) -> None:
+    """|gamma| of the sparse student's BNs, encoder and decoder pools, kept vs pruned."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    kept_names = {n for n, m in student.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    for ax, prefix, title in ((axes[0], "down", "encoder"), (axes[1], "up", "decoder")):
+        kept_vals, dropped_vals = [], []
+        for name, m in sparse.named_modules():
+            if not isinstance(m, torch.nn.BatchNorm2d) or not name.startswith(prefix) or name.startswith("up1."):
+                continue
+            g = m.weight.detach().abs()
+            mask = torch.zeros_like(g, dtype=torch.bool)
+            if name in kept_names:
+                kept = getattr(student, "dcp_plan", {}).get("kept", {}).get(name)
+                if kept is not None:
+                    mask[torch.tensor(kept)] = True
+                else:
+                    mask[:] = True
+            kept_vals += g[mask].tolist()
+            dropped_vals += g[~mask].tolist()
+        bins = np.linspace(0, max(kept_vals + dropped_vals + [1e-6]), 40)
+        ax.hist([dropped_vals, kept_vals], bins=bins, stacked=True, label=["pruned", "kept"], color=["#d62728", "#2ca02c"])
+        if dropped_vals and kept_vals:
+            ax.axvline((max(dropped_vals) + min(kept_vals)) / 2, color="k", ls="--", lw=1, label="threshold")
+        ax.set_title(f"{title} BN |gamma| after the pruning stage")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_latency(rows, path: Path) -> None:
+    from . import bench
+    bench.plot(rows, path, title="latency, teacher vs student")
+
+
+def plot_grid(folder: Path, scores: dict, path: Path, n: int = 3) -> None:
+    plt = _plt()
+    names = sorted(next(iter(scores.values()))["preds"])[:n]
+    cols = ["image", "trimap", "teacher", "student", "ground truth"]
+    fig, axes = plt.subplots(len(names), len(cols), figsize=(2.2 * len(cols), 2.2 * len(names)), squeeze=False)
+    for r, name in enumerate(names):
+        panels = [io.read_rgb(folder / "image" / f"{name}.png"), io.read_trimap(folder / "trimap" / f"{name}.png"),
+                  scores["teacher"]["preds"][name], scores["student"]["preds"][name],
+                  io.read_gray(folder / "alpha" / f"{name}.png")]
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(panel, cmap=None if panel.ndim == 3 else "gray", vmin=0, vmax=255)
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _latency(rows, model: str, backend: str) -> str:
+    for r in rows:
+        if r.model == model and r.backend == backend and r.median_ms is not None and r.size == max(x.size for x in rows):
+            return f"{r.median_ms:.1f}"
+    return "n/a"
+
+
+def write_report(out: Path, s, *, teacher, sparse, student, compiled, scores, bench_rows, onnx, timings) -> Path:
+    from . import bench
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_widths(teacher, student, plots / "widths.png")
+    plot_gammas(sparse, student, plots / "gammas.png")
+    plot_latency(bench_rows, plots / "latency.png")
+    plot_grid(out / "data" / "test", scores, plots / "grid.png")
+    x = torch.zeros(1, 4, 320, 320)
+    big = max(s.bench_sizes)
+    lines = ["# DCP demo report", "",
+             f"Teacher: DIM at width {s.width}; student: compiled at ratio {s.ratio} (paper encoder/decoder pools, "
+             f"round_to {s.round_to}) from the sparse student, then distilled. Synthetic data: {s.n_train} training, "
+             f"{s.n_test} test images of {s.size}px. MACs at 320x320; latency at {big}x{big}, CPU, batch 1.", "",
+             "| model | SAD | MSE (x1e-3) | Grad | Conn | params | GMACs | torch ms | ORT ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, model in (("teacher", teacher), ("student", student)):
+        m = scores[label]["mean"]
+        params, macs = count(model, x)
+        lines.append(f"| {label} | {m['sad']:.3f} | {m['mse'] * 1e3:.2f} | {m['grad']:.3f} | {m['conn']:.3f} | "
+                     f"{params:,} | {macs / 1e9:.2f} | {_latency(bench_rows, label, 'eager-fp32')} | "
+                     f"{_latency(bench_rows, label, 'ort-cpu')} |")
+    v = compiled.report.get("verify", {})
+    lines += ["", f"Compile: {compiled.report['macs_before'] / 1e9:.2f} -> {compiled.report['macs_after'] / 1e9:.2f} GMACs, "
+              f"verify vs masked original {v.get('masked_rel', float('nan')):.1e} (relative).", "",
+              "## Widths", "![widths](plots/widths.png)", "",
+              "## BN gammas after the pruning stage", "![gammas](plots/gammas.png)", "",
+              "## Latency", "![latency](plots/latency.png)", "", bench.markdown(bench_rows), "",
+              "## Teacher vs student on test images", "![grid](plots/grid.png)", "",
+              "## ONNX export", "```", onnx, "```", "",
+              "## Loss curves", "![teacher](teacher/loss.png) ![prune](prune/loss.png) ![finetune](finetune/loss.png)", "",
+              "## Time per step (s)", "", "| " + " | ".join(timings) + " |", "|" + "---|" * len(timings),
+              "| " + " | ".join(str(t) for t in timings.values()) + " |", ""]
+    path = out / "report.md"
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    (out / "metrics.json").write_text(json.dumps({k: v["mean"] for k, v in scores.items()}, indent=1))
+    return path
