@@ -63,12 +63,50 @@ def _verify_inputs(model: nn.Module, inputs: tuple, max_side: int) -> tuple:
                      for t in inputs)
 
 
+def planned_macs(ctx, groups, keep, costs) -> int:
+    """MACs a keep plan would leave, from the per-layer costs (no rewrite needed)."""
+    keep_map, total = KeepMap(ctx, groups, keep), 0
+    targets = {n.name: n.target for n in ctx.gm.graph.nodes if n.op == "call_module"}
+    for r in costs:
+        if not r.macs:
+            continue
+        name = targets[r.name]
+        io, m = ctx.modules.get(name), ctx.gm.get_submodule(name)
+        if io is None:
+            total += r.macs
+            continue
+        k_in, k_out = keep_map.kept_positions(io.in_ids), keep_map.kept_positions(io.out_ids)
+        scale = 1.0
+        if k_in is not None and getattr(m, "groups", 1) == 1:
+            scale *= len(k_in) / len(io.in_ids)
+        if k_out is not None:
+            scale *= len(k_out) / len(io.out_ids)
+        total += int(r.macs * scale)
+    return total
+
+
+def _search_ratio(plan, macs_of, target: float, macs_before: int, steps: int = 14) -> float:
+    """The smallest ratio whose plan keeps at most ``target`` of the MACs (bisection)."""
+    if not 0 < target <= 1:
+        raise DCPError(f"target_macs must be a fraction in (0, 1], got {target}")
+    lo, hi = 0.0, 0.99
+    if macs_of(plan(hi)) > target * macs_before:
+        raise DCPError(f"cannot reach {target:.0%} of the MACs by pruning (the frozen layers alone cost more)")
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if macs_of(plan(mid)) <= target * macs_before else (mid, hi)
+    return hi
+
+
 def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance="bn",
             round_to: int = 1, scopes=None, min_channels: int = 1,
             widths: Mapping[int | str, int] | None = None, aggregate: str = "mean",
-            verify_size: int | None = 32, check: bool = True, leaf_modules=()) -> CompileResult:
+            verify_size: int | None = 32, check: bool = True, leaf_modules=(),
+            target_macs: float | None = None) -> CompileResult:
     """Compile ``model`` to a compact GraphModule. See DESIGN.md "Public contract".
 
+    ``target_macs``: keep at most this fraction of the MACs (e.g. 0.5); ``ratio`` is then
+    searched (bisection) instead of given.
     ``verify_size``: longest side of the random verification input (None: the example's size).
     ``check``: raise if the compact model differs from the masked original.
     """
@@ -81,11 +119,19 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
         ctx = analyse(gm)
         groups = build_groups(ctx)
         scores = channel_scores(gm, groups, importance, aggregate)
-        pools = scope_pools(gm, groups, scopes, ratio, importance, aggregate) if scopes else None
-        keep = select(groups, scores, ratio=ratio, round_to=round_to, min_channels=min_channels,
-                      widths=widths, pools=pools)
-        compact, kept = rewrite(ctx, groups, keep)
         costs = layer_costs(gm)
+
+        pools = scope_pools(gm, groups, scopes, importance, aggregate) if scopes else None
+
+        def plan(r: float) -> dict:
+            return select(groups, scores, ratio=r, round_to=round_to, min_channels=min_channels,
+                          widths=widths, pools=pools)
+
+        if target_macs is not None:
+            ratio = _search_ratio(plan, lambda k: planned_macs(ctx, groups, k, costs), target_macs,
+                                  sum(r.macs for r in costs))
+        keep = plan(ratio)
+        compact, kept = rewrite(ctx, groups, keep)
         report = {
             "input_shape": [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)],
             "ratio": ratio, "importance": importance if isinstance(importance, str) else "map",

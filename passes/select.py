@@ -32,11 +32,11 @@ from .errors import DCPError
 from .importance import channel_scores
 
 PAPER_SCOPES = (("encoder", ("down*",), None), ("decoder", ("up*",), None))
-Pool = tuple[float, dict[int, torch.Tensor]]  # (ratio removed, {group id: scores})
+Pool = tuple[float | None, dict[int, torch.Tensor]]  # (ratio removed or None: the global one, scores)
 
 
-def resolve_scopes(scopes, ratio: float) -> list[tuple[str, tuple[str, ...], float]]:
-    """Normalise scopes; ``"paper"`` is PAPER_SCOPES; a scope ratio of None means ``ratio``."""
+def resolve_scopes(scopes) -> list[tuple[str, tuple[str, ...], float | None]]:
+    """Normalise scopes; ``"paper"`` is PAPER_SCOPES; a scope ratio of None means the global ratio."""
     if scopes is None:
         return []
     if scopes == "paper":
@@ -44,8 +44,9 @@ def resolve_scopes(scopes, ratio: float) -> list[tuple[str, tuple[str, ...], flo
     out = []
     for name, patterns, r in scopes:
         patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
-        r = ratio if r is None else float(r)
-        _check_ratio(r)
+        if r is not None:
+            r = float(r)
+            _check_ratio(r)
         out.append((name, patterns, r))
     return out
 
@@ -57,17 +58,17 @@ def _scope_index(member: Member, scopes) -> int | None:
     return None
 
 
-def scope_pools(model: nn.Module, groups: Sequence[Group], scopes, ratio: float, importance="bn",
+def scope_pools(model: nn.Module, groups: Sequence[Group], scopes, importance="bn",
                 aggregate: str = "mean") -> list[Pool]:
     """One pool per scope (and one for members of no scope), scored by that scope's members."""
-    scopes = resolve_scopes(scopes, ratio)
+    scopes = resolve_scopes(scopes)
     pools = []
     for i in [*range(len(scopes)), None]:
         scores = channel_scores(model, groups, importance, aggregate,
                                 members=lambda m, i=i: _scope_index(m, scopes) == i)
         scores = {gid: s for gid, s in scores.items() if _has_scored_member(groups[gid], scopes, i)}
         if scores:
-            pools.append((ratio if i is None else scopes[i][2], scores))
+            pools.append((None if i is None else scopes[i][2], scores))
     return pools
 
 
@@ -106,6 +107,7 @@ def select(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], ratio: f
     candidates = [g for g in groups if g.prunable and g.id in scores]
     removed = {g.id: torch.ones(g.size, dtype=torch.bool) for g in candidates}
     for pool_ratio, pool_scores in pools if pools is not None else [(ratio, scores)]:
+        pool_ratio = ratio if pool_ratio is None else pool_ratio
         _check_ratio(pool_ratio)
         for gid, dropped in dropped_by_pool(pool_ratio, pool_scores).items():
             if gid in removed:
