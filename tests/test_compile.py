@@ -140,3 +140,25 @@ def test_artifact_loads_in_a_fresh_process_without_the_model_class(tmp_path, tea
     assert float(out.stdout.strip()) == 0.0
     plan = json.loads((tmp_path / "art" / "plan.json").read_text())
     assert plan["kept"]["down1.conv2.cbr_unit.0"] == res.kept["down1.conv2.cbr_unit.0"].tolist()
+
+
+def test_target_macs_searches_the_ratio(teacher):
+    res = compiler.compile(teacher, X64, target_macs=0.5, scopes="paper")
+    kept = res.report["macs_after"] / res.report["macs_before"]
+    assert 0.45 <= kept <= 0.5 and 0 < res.report["ratio"] < 0.99
+    with pytest.raises(passes.DCPError, match="target_macs"):
+        compiler.compile(teacher, X64, target_macs=1.5)
+
+
+def test_cli_compile_writes_the_artifact_and_rejects_bad_arguments(tmp_path, dcp):
+    out = dcp("compile", "--model", "dim:0.125", "--size", "64", "64", "--ratio", "0.5", "--round-to", "8",
+              "-o", tmp_path / "art")
+    assert out.returncode == 0, out.stderr
+    assert "verify at" in out.stdout and "MACs" in out.stdout
+    assert {p.name for p in (tmp_path / "art").iterdir()} >= {"graph.json", "weights.pt", "plan.json", "report.md"}
+    for args, needle in [(["--ratio", "1.5"], "--ratio must be in [0, 1)"),
+                         (["--importance", str(tmp_path / "none.pt")], "no such file"),
+                         (["--scopes", "enc:0.5"], "bad --scopes")]:
+        bad = dcp("compile", "--model", "dim:0.125", "--size", "64", "64", *args, "-o", tmp_path / "x")
+        assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x").exists()

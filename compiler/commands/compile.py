@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--importance", default="bn",
                    help="bn, l1, l2, or a sparse-student checkpoint whose BN gammas score the channels")
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of prunable channels removed (default 0.5)")
+    p.add_argument("--target-macs", type=float, default=None,
+                   help="keep at most this fraction of the MACs (searches the ratio; overrides --ratio)")
     p.add_argument("--scopes", default=None,
                    help="'paper' (separate encoder/decoder thresholds) or NAME=PATTERN[,PATTERN]:RATIO;... ")
     p.add_argument("--round-to", type=int, default=1, help="round kept widths up to a multiple (8 for tensor cores)")
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     widths = json.loads(args.widths) if args.widths else None
     res = compiler.compile(model, example_input(model, args.size), ratio=args.ratio, importance=importance,
                            round_to=args.round_to, scopes=parse_scopes(args.scopes),
-                           min_channels=args.min_channels, widths=widths, aggregate=args.aggregate)
+                           min_channels=args.min_channels, widths=widths, aggregate=args.aggregate,
+                           target_macs=args.target_macs)
     print(res.summary())
     out = compiler.save(res, args.out)
     report = (f"# dcp compile report\n\nmodel `{args.model}`, importance `{args.importance}`, ratio {args.ratio}, "
