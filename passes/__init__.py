@@ -10,3 +10,7 @@ __all__ = ["DCPError", "trace", "propagate_shapes", "symbolic_trace", "as_tuple"
 from .channels import channel_groups, analyse, build_groups, Group, Member
 
 __all__ += ["channel_groups", "analyse", "build_groups", "Group", "Member"]
+from .lower_unpool import lower_unpool, dense_max_unpool2d
+from .fold_bn import fold_bn
+
+__all__ += ["lower_unpool", "dense_max_unpool2d", "fold_bn"]
