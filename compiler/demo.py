@@ -32,7 +32,8 @@ class DemoSettings:
     prune_epochs: int = 4
     finetune_epochs: int = 6
     batch_size: int = 8
-    ratio: float = 0.5
+    ratio: float = 0.5         # per pool, used when target_macs is None
+    target_macs: float | None = 0.5  # the student keeps at most this fraction of the MACs
     round_to: int = 8
     bench_sizes: tuple[int, ...] = (320, 640)
     bench_repeats: int = 5
@@ -51,10 +52,10 @@ STAGE_EXTRA = {"teacher": {"lr": 1e-3},
                "finetune": {"init": "inherit", "lr": 1e-3}}
 
 
-def _stage_cfg(stage: str, s: DemoSettings, epochs: int) -> dict:
+def _stage_cfg(stage: str, s: DemoSettings, epochs: int, **extra) -> dict:
     from matting.train.config import load_config
     values = {"epochs": epochs, "batch_size": s.batch_size, "size": s.crop, "seed": s.seed,
-              "workers": 0, "jitter": 0.0, "val_fraction": 0.15, "amp": False, **STAGE_EXTRA[stage]}
+              "workers": 0, "jitter": 0.0, "val_fraction": 0.15, "amp": False, **STAGE_EXTRA[stage], **extra}
     return load_config(stage, None, [f"{k}={v}" for k, v in values.items()])
 
 
@@ -62,11 +63,54 @@ def _say(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
 
-def run_demo(out: Path, s: DemoSettings) -> Path:
+def make_data(out: Path, s: DemoSettings):
+    """Synthetic train/test folders; returns the (train, validation) datasets."""
     from matting.data.synth import write_synth
-    from matting.train import train_finetune, train_prune, train_teacher
     from .commands.train import datasets
+    write_synth(out / "data" / "train", s.n_train, s.size, seed=s.seed, force=True)
+    write_synth(out / "data" / "test", s.n_test, s.size, seed=s.seed + 1000, force=True)
+    return datasets(str(out / "data" / "train"), None, _stage_cfg("teacher", s, 1))
 
+
+NO_KD = {"w_ts": 0.0, "kd_spatial": 0.0, "kd_channel": 0.0}
+
+
+def teacher_step(out: Path, s: DemoSettings, data, model=None, epochs: int | None = None) -> torch.nn.Module:
+    from matting.train import train_teacher
+    cfg = _stage_cfg("teacher", s, epochs or s.teacher_epochs)
+    train_teacher(model if model is not None else matting.dim(width=s.width), *data, cfg, out)
+    return load_dim(out / "best.pt").eval()
+
+
+def prune_step(out: Path, s: DemoSettings, teacher, data, distill: bool = True) -> torch.nn.Module:
+    """The pruning stage (SPKD + sparsity; ``distill=False``: sparsity only, network slimming)."""
+    from matting.train import train_prune
+    cfg = _stage_cfg("prune", s, s.prune_epochs, **({} if distill else NO_KD))
+    train_prune(teacher, *data, cfg, out, torch.zeros(1, 4, s.crop, s.crop))
+    return load_dim(out / "best.pt").eval()
+
+
+def compile_step(out: Path, s: DemoSettings, sparse):
+    res = compile_model(sparse, torch.zeros(1, 4, 320, 320), ratio=s.ratio, importance=bn_importance(sparse),
+                        scopes="paper", round_to=s.round_to, target_macs=s.target_macs)
+    save_result(res, out)
+    return res
+
+
+def finetune_step(out: Path, s: DemoSettings, compiled: Path, teacher, data, distill: bool = True,
+                  init: str = "inherit") -> torch.nn.Module:
+    """The training stage on a compiled artifact; the best weights become ``out/model``."""
+    from matting.checkpoint import read_torch_file
+    from matting.train import train_finetune
+    cfg = _stage_cfg("finetune", s, s.finetune_epochs, init=init, **({} if distill else NO_KD))
+    student = artifact.load(compiled)
+    train_finetune(student, teacher, *data, cfg, out, torch.zeros(1, 4, s.crop, s.crop))
+    student.load_state_dict(read_torch_file(out / "best.pt")["state_dict"])
+    artifact.save_module(student.eval(), out / "model", artifact.read_plan(compiled))
+    return student.eval()
+
+
+def run_demo(out: Path, s: DemoSettings) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -78,38 +122,25 @@ def run_demo(out: Path, s: DemoSettings) -> Path:
 
     torch.manual_seed(s.seed)
     _say(f"1/8 synthetic data: {s.n_train} training + {s.n_test} test images of {s.size}px")
-    write_synth(out / "data" / "train", s.n_train, s.size, seed=s.seed, force=True)
-    write_synth(out / "data" / "test", s.n_test, s.size, seed=s.seed + 1000, force=True)
+    data = make_data(out, s)
     lap("data")
 
     _say(f"2/8 teacher: DIM at width {s.width}")
-    cfg = _stage_cfg("teacher", s, s.teacher_epochs)
-    train_set, val_set = datasets(str(out / "data" / "train"), None, cfg)
-    train_teacher(matting.dim(width=s.width), train_set, val_set, cfg, out / "teacher")
-    teacher = load_dim(out / "teacher" / "best.pt").eval()
+    teacher = teacher_step(out / "teacher", s, data)
     lap("teacher")
 
     _say("3/8 pruning stage: SPKD distillation + L1 on prunable BN gammas")
-    example = torch.zeros(1, 4, s.crop, s.crop)
-    cfg = _stage_cfg("prune", s, s.prune_epochs)
-    train_prune(teacher, train_set, val_set, cfg, out / "prune", example)
-    sparse = load_dim(out / "prune" / "best.pt").eval()
+    sparse = prune_step(out / "prune", s, teacher, data)
     lap("prune")
 
-    _say(f"4/8 compile: ratio {s.ratio} per encoder/decoder pool, round_to {s.round_to}")
-    res = compile_model(sparse, torch.zeros(1, 4, 320, 320), ratio=s.ratio, importance=bn_importance(sparse),
-                        scopes="paper", round_to=s.round_to)
+    budget = f"{s.target_macs:.0%} of the MACs" if s.target_macs else f"ratio {s.ratio}"
+    _say(f"4/8 compile: {budget}, paper encoder/decoder pools, round_to {s.round_to}")
+    res = compile_step(out / "compiled", s, sparse)
     print(res.summary())
-    save_result(res, out / "compiled")
     lap("compile")
 
     _say("5/8 training stage: distil the teacher into the compact student")
-    cfg = _stage_cfg("finetune", s, s.finetune_epochs)
-    student = artifact.load(out / "compiled")
-    train_finetune(student, teacher, train_set, val_set, cfg, out / "finetune", example)
-    from matting.checkpoint import read_torch_file
-    student.load_state_dict(read_torch_file(out / "finetune" / "best.pt")["state_dict"])
-    artifact.save_module(student.eval(), out / "student", artifact.read_plan(out / "compiled"))
+    student = finetune_step(out / "finetune", s, out / "compiled", teacher, data)
     lap("finetune")
 
     _say("6/8 ONNX export of the student (dynamic H/W, checked in ONNX Runtime)")

@@ -132,7 +132,7 @@ def write_report(out: Path, s, *, teacher, sparse, student, compiled, scores, be
     x = torch.zeros(1, 4, 320, 320)
     big = max(s.bench_sizes)
     lines = ["# DCP demo report", "",
-             f"Teacher: DIM at width {s.width}; student: compiled at ratio {s.ratio} (paper encoder/decoder pools, "
+             f"Teacher: DIM at width {s.width}; student: compiled to {s.target_macs or 'ratio ' + str(s.ratio)} of the MACs (paper encoder/decoder pools, "
              f"round_to {s.round_to}) from the sparse student, then distilled. Synthetic data: {s.n_train} training, "
              f"{s.n_test} test images of {s.size}px. MACs at 320x320; latency at {big}x{big}, CPU, batch 1.", "",
              "| model | SAD | MSE (x1e-3) | Grad | Conn | params | GMACs | torch ms | ORT ms |", "|---|---|---|---|---|---|---|---|---|"]
