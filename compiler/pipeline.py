@@ -42,25 +42,27 @@ class CompileResult:
         return "\n".join(lines)
 
 
-def _verify_inputs(model: nn.Module, inputs: tuple, max_side: int) -> tuple:
-    """Smaller inputs keep verification cheap; models that need the full size get it."""
-    def shrink(t):
-        if not isinstance(t, torch.Tensor) or t.dim() < 3:
+def _verify_inputs(model: nn.Module, inputs: tuple, max_side: int | None) -> tuple[tuple, Any]:
+    """Random inputs for verification (smaller when the model accepts it, to keep it cheap)
+    and the original model's output on them."""
+    def randomise(t, shape=None):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             return t
-        side = max(t.shape[2:])
-        if side <= max_side:
-            return torch.randn_like(t, dtype=torch.float32) if t.is_floating_point() else t
-        scale = max_side / side
-        shape = (*t.shape[:2], *[max(1, int(s * scale)) for s in t.shape[2:]])
-        return torch.randn(shape)
-    small = tuple(shrink(t) for t in inputs)
-    try:
-        with torch.no_grad():
-            model.eval()(*small)
-        return small
-    except Exception:
-        return tuple(torch.randn_like(t) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-                     for t in inputs)
+        return torch.randn(shape or t.shape, dtype=t.dtype)
+
+    def shrink(t):
+        if not isinstance(t, torch.Tensor) or t.dim() < 3 or max_side is None or max(t.shape[2:]) <= max_side:
+            return randomise(t)
+        scale = max_side / max(t.shape[2:])
+        return randomise(t, (*t.shape[:2], *[max(1, int(s * scale)) for s in t.shape[2:]]))
+
+    with torch.no_grad():
+        small = tuple(shrink(t) for t in inputs)
+        try:
+            return small, model(*small)
+        except Exception:  # e.g. a Linear after a flatten needs the full size
+            full = tuple(randomise(t) for t in inputs)
+            return full, model(*full)
 
 
 def planned_macs(ctx, groups, keep, costs) -> int:
@@ -145,8 +147,8 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
             "groups_table": format_groups(groups, keep),
         }
         if verify_size != 0:
-            vin = _verify_inputs(model, inputs, verify_size) if verify_size else inputs
-            result = verify(model, compact, KeepMap(ctx, groups, keep), vin)
+            vin, reference = _verify_inputs(model, inputs, verify_size)
+            result = verify(model, compact, KeepMap(ctx, groups, keep), vin, original_output=reference)
             report["verify"] = {**result._asdict(),
                                 "input_shape": [list(t.shape) for t in vin if isinstance(t, torch.Tensor)]}
             if check and not result.masked_rel <= VERIFY_TOLERANCE:

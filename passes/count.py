@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import fx, nn
+import torch.nn.functional as F
 
 from .trace import trace
 
@@ -51,6 +52,15 @@ def first_shape(meta) -> tuple | None:
     return None
 
 
+# F.conv*/F.linear calls (a traced bare module, functional models): MACs from the weight's shape.
+FUNCTIONAL_MACS = {
+    F.conv1d: lambda out, w: _numel(out) * _numel(w[1:]),
+    F.conv2d: lambda out, w: _numel(out) * _numel(w[1:]),
+    F.conv3d: lambda out, w: _numel(out) * _numel(w[1:]),
+    F.linear: lambda out, w: _numel(out) * w[1],
+}
+
+
 def layer_costs(gm: fx.GraphModule) -> list[LayerCost]:
     """One row per graph node that computes something, in graph order (needs trace metadata)."""
     rows = []
@@ -67,6 +77,10 @@ def layer_costs(gm: fx.GraphModule) -> list[LayerCost]:
             in_shape = first_shape(src.meta.get("tensor_meta")) if src is not None else None
             if shape is not None and in_shape is not None:
                 macs = _macs(mod, in_shape, shape)
+        elif n.op == "call_function" and n.target in FUNCTIONAL_MACS and shape is not None:
+            weight = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
+            w_shape = first_shape(weight.meta.get("tensor_meta")) if isinstance(weight, fx.Node) else None
+            macs = FUNCTIONAL_MACS[n.target](shape, w_shape) if w_shape else 0
         rows.append(LayerCost(n.name, op, shape or (), params, macs))
     return rows
 

@@ -54,7 +54,7 @@ def _shallow(module: nn.Module) -> nn.Module:
 def _take(t: torch.Tensor | None, idx: np.ndarray | None, dim: int) -> torch.Tensor | None:
     if t is None or idx is None:
         return t
-    return t.detach().index_select(dim, torch.as_tensor(idx, device=t.device)).clone()
+    return t.detach().index_select(dim, torch.as_tensor(idx, device=t.device))  # a new tensor
 
 
 def _set(module: nn.Module, name: str, value: torch.Tensor | None) -> None:

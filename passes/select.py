@@ -84,6 +84,8 @@ def _check_ratio(r: float) -> None:
 def dropped_by_pool(ratio: float, scores: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     """One ranking over the pool: the ``ratio`` lowest-scored channels are dropped."""
     ids = list(scores)
+    if not ids:
+        return {}
     all_scores = torch.cat([scores[i] for i in ids])
     n_drop = int(math.floor(ratio * all_scores.numel()))
     dropped = torch.zeros(all_scores.numel(), dtype=torch.bool)

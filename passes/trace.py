@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import torch
-from torch import fx
+from torch import fx, nn
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.fx.node import map_aggregate
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
@@ -64,12 +64,22 @@ class ShapeProp(fx.Interpreter):
         if not self.meta:
             return super().call_module(target, args, kwargs)
         mod = self.fetch_attr(target)
+        if isinstance(mod, SHAPE_PRESERVING) and args and isinstance(args[0], torch.Tensor) \
+                and getattr(mod, "num_features", args[0].shape[1] if args[0].dim() > 1 else None) == \
+                (args[0].shape[1] if args[0].dim() > 1 else None):
+            return torch.empty_like(args[0])  # same shape out; meta kernels for these are slow
         state = {k: _to_meta(v) for k, v in [*mod.named_parameters(), *mod.named_buffers()]}
         return torch.func.functional_call(mod, state, args, kwargs)
 
     def get_attr(self, target, args, kwargs):
         value = super().get_attr(target, args, kwargs)
         return _to_meta(value) if self.meta and isinstance(value, torch.Tensor) else value
+
+
+# Modules whose output has their input's shape and dtype (checked by tests against real runs).
+SHAPE_PRESERVING = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm,
+                    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
+                    nn.Sigmoid, nn.Tanh, nn.ELU, nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
 def _to_meta(t: torch.Tensor) -> torch.Tensor:

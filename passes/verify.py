@@ -81,14 +81,16 @@ def _max_err(a, b) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def verify(original: nn.Module, compact: nn.Module, keep_map: KeepMap, inputs: Any) -> VerifyResult:
-    """Run original, masked original and compact on ``inputs`` (eval mode, no grad)."""
+def verify(original: nn.Module, compact: nn.Module, keep_map: KeepMap, inputs: Any,
+           original_output: Any = None) -> VerifyResult:
+    """Run original (unless its ``original_output`` is given), masked original and compact on
+    ``inputs`` (eval mode, no grad)."""
     inputs = as_tuple(inputs)
     modes = (original.training, compact.training)
     original.eval(), compact.eval()
     try:
         out_compact = compact(*inputs)
-        out_original = original(*inputs)
+        out_original = original(*inputs) if original_output is None else original_output
         with masked(keep_map.ctx.gm, keep_map) as m:
             out_masked = m(*inputs)
     finally:
