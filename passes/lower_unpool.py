@@ -40,12 +40,12 @@ def dense_max_unpool2d(values: torch.Tensor, pool_input: torch.Tensor, stride: i
     """``max_unpool2d(values, indices_of(max_pool2d(pool_input, stride, stride)), output_size)``
     without indices or scatter. ``output_size`` is ``(H, W)`` or ``(N, C, H, W)``; default ``s * (h, w)``.
     """
-    n, c, h, w = values.shape
+    _, c, h, w = values.shape  # the batch stays -1: an exporter must not bake it in
     s = stride
     big_h, big_w = (h * s, w * s) if output_size is None else (output_size[-2], output_size[-1])
-    windows = pool_input[:, :, :h * s, :w * s].reshape(n, c, h, s, w, s).permute(0, 1, 2, 4, 3, 5)
+    windows = pool_input[:, :, :h * s, :w * s].reshape(-1, c, h, s, w, s).permute(0, 1, 2, 4, 3, 5)
     # first max of each window in row-major order == the element max_pool2d returns
-    first = windows.reshape(n, c, h, w, s * s).argmax(-1).to(torch.int32)
+    first = windows.reshape(-1, c, h, w, s * s).argmax(-1).to(torch.int32)
     offsets = torch.arange(s * s, dtype=torch.int32, device=values.device).view(s, s).repeat(h, w)
     out = torch.where(_upsample(first, s) == offsets, _upsample(values, s),
                       torch.zeros((), dtype=values.dtype, device=values.device))
@@ -54,8 +54,8 @@ def dense_max_unpool2d(values: torch.Tensor, pool_input: torch.Tensor, stride: i
 
 def _upsample(t: torch.Tensor, s: int) -> torch.Tensor:
     """Nearest upsampling by an integer factor as unsqueeze/expand/reshape (any dtype)."""
-    n, c, h, w = t.shape
-    return t[:, :, :, None, :, None].expand(n, c, h, s, w, s).reshape(n, c, h * s, w * s)
+    _, c, h, w = t.shape
+    return t[:, :, :, None, :, None].expand(-1, -1, -1, s, -1, s).reshape(-1, c, h * s, w * s)
 
 
 class PoolParams(NamedTuple):

@@ -77,6 +77,7 @@ def test_static_export_fixes_the_shape(compact_artifact, tmp_path):
 
 def test_a_failed_check_writes_nothing_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "MAX_OFF_FRACTION", -1.0)  # every check fails
+    monkeypatch.setattr(onnx_export, "ALPHA_HALF_LEVEL", -1.0)
     with pytest.raises(DCPError, match="ONNX Runtime differs from torch at input 1x3x8x8.*nothing written"):
         export_onnx(nn.Sequential(nn.Conv2d(3, 2, 3)), tmp_path / "m.onnx", torch.zeros(1, 3, 8, 8), dynamic=False)
     assert list(tmp_path.iterdir()) == []

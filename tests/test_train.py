@@ -155,16 +155,18 @@ def _train_forever(out):
 
 
 def test_kill_9_mid_epoch_never_corrupts_the_checkpoint_and_resume_finishes(tmp_path):
-    # a forked child (no second torch import) trains; SIGKILL it right after a checkpoint
-    child = multiprocessing.get_context("fork").Process(target=_train_forever, args=(tmp_path,))
+    # a child process trains; SIGKILL it right after a checkpoint. (spawn, not fork: autograd's
+    # worker threads in this process cannot survive a fork once any backward has run)
+    child = multiprocessing.get_context("spawn").Process(target=_train_forever, args=(tmp_path,))
     child.start()
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 120
         while not (tmp_path / "last.pt").exists() and time.time() < deadline and child.is_alive():
             time.sleep(0.02)
         time.sleep(0.2)  # now inside the next epoch, or writing its checkpoint
     finally:
-        os.kill(child.pid, signal.SIGKILL)
+        if child.is_alive():
+            os.kill(child.pid, signal.SIGKILL)
         child.join()
     assert child.exitcode == -signal.SIGKILL
     done = read_torch_file(tmp_path / "last.pt")["epoch"]  # loads: complete, never truncated
