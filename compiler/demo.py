@@ -28,9 +28,9 @@ class DemoSettings:
     n_test: int = 12
     size: int = 128            # synthetic image side
     crop: int = 64             # training crop side
-    teacher_epochs: int = 40
+    teacher_epochs: int = 70
     prune_epochs: int = 10
-    finetune_epochs: int = 20
+    finetune_epochs: int = 30
     batch_size: int = 8
     ratio: float = 0.5         # per pool, used when target_macs is None
     target_macs: float | None = 0.5  # the student keeps at most this fraction of the MACs
