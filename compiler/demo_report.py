@@ -58,8 +58,10 @@ def plot_widths(teacher, student, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_gammas(sparse, student, path: Path) -> None:
-    """|gamma| of the sparse student's BNs, encoder and decoder pools, kept vs pruned."""
+def plot_gammas(sparse, student, path: Path, ratio: float) -> None:
+    """|gamma| of the sparse student's BNs, encoder and decoder pools, kept vs pruned, with each
+    pool's threshold (its ``ratio`` quantile). Kept channels below it belong to groups tied
+    across an unpool that the other pool wanted, or were added back by rounding."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     kept_names = {n for n, m in student.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
@@ -80,8 +82,10 @@ def plot_gammas(sparse, student, path: Path) -> None:
             dropped_vals += g[~mask].tolist()
         bins = np.linspace(0, max(kept_vals + dropped_vals + [1e-6]), 40)
         ax.hist([dropped_vals, kept_vals], bins=bins, stacked=True, label=["pruned", "kept"], color=["#d62728", "#2ca02c"])
-        if dropped_vals and kept_vals:
-            ax.axvline((max(dropped_vals) + min(kept_vals)) / 2, color="k", ls="--", lw=1, label="threshold")
+        values = sorted(kept_vals + dropped_vals)
+        if values:
+            cut = values[min(len(values) - 1, int(ratio * len(values)))]
+            ax.axvline(cut, color="k", ls="--", lw=1, label=f"pool threshold (ratio {ratio:.2f})")
         ax.set_title(f"{title} BN |gamma| after the pruning stage")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -126,7 +130,7 @@ def write_report(out: Path, s, *, teacher, sparse, student, compiled, scores, be
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     plot_widths(teacher, student, plots / "widths.png")
-    plot_gammas(sparse, student, plots / "gammas.png")
+    plot_gammas(sparse, student, plots / "gammas.png", compiled.report["ratio"])
     plot_latency(bench_rows, plots / "latency.png")
     plot_grid(out / "data" / "test", scores, plots / "grid.png")
     x = torch.zeros(1, 4, 320, 320)
