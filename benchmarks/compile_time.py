@@ -24,6 +24,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from matting.data.io import write_text
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -128,12 +130,6 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main() -> int:
     import torch_pruning as tp
     from tqdm import tqdm
@@ -171,8 +167,8 @@ def main() -> int:
             "ours_noverify_over_fastest_tp": rows[1]["wall_s"] / min(tp_times) if tp_times else float("nan")}
     args.out.mkdir(parents=True, exist_ok=True)
     md = markdown(rows, meta)
-    write_atomic(args.out / "compile_time.md", md)
-    write_atomic(args.out / "compile_time.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_text(args.out / "compile_time.md", md)
+    write_text(args.out / "compile_time.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(md)
     return 0
 

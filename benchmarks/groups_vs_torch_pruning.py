@@ -29,6 +29,8 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+
+from matting.data.io import write_text
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -300,12 +302,6 @@ def _short(groups: list[list[str]], limit: int = 3) -> str:
     return (txt + (f" + {len(groups) - limit} more" if len(groups) > limit else "")) or "-"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main() -> int:
     from tqdm import tqdm
     import torch_pruning as tp
@@ -328,8 +324,8 @@ def main() -> int:
         results.append(run_model(name, make, channels, side or args.size, args.repeats))
     args.out.mkdir(parents=True, exist_ok=True)
     md = markdown(results, meta)
-    write_atomic(args.out / "groups_vs_torch_pruning.md", md)
-    write_atomic(args.out / "groups_vs_torch_pruning.json", json.dumps({"meta": meta, "results": results}, indent=1))
+    write_text(args.out / "groups_vs_torch_pruning.md", md)
+    write_text(args.out / "groups_vs_torch_pruning.json", json.dumps({"meta": meta, "results": results}, indent=1))
     print(md)
     return 0
 

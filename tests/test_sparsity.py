@@ -12,13 +12,7 @@ from passes.errors import DCPError
 X32 = torch.zeros(1, 4, 32, 32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convs run several times faster on one thread on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _names(model):

@@ -5,20 +5,10 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from ..data.io import write_bytes
 
 
 class EpochLog:
@@ -37,13 +27,13 @@ class EpochLog:
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.folder / "log.json", json.dumps(self.rows, indent=1).encode())
+        write_bytes(self.folder / "log.json", json.dumps(self.rows, indent=1).encode())
         keys = list(dict.fromkeys(k for r in self.rows for k in r))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=keys)
         w.writeheader()
         w.writerows(self.rows)
-        write_atomic(self.folder / "log.csv", buf.getvalue().encode())
+        write_bytes(self.folder / "log.csv", buf.getvalue().encode())
         self.plot()
 
     def plot(self) -> None:
@@ -64,4 +54,4 @@ class EpochLog:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-        write_atomic(self.folder / "loss.png", buf.getvalue())
+        write_bytes(self.folder / "loss.png", buf.getvalue())
