@@ -15,6 +15,7 @@ import torch
 
 import matting
 from matting.checkpoint import load_dim
+from matting.data.io import write_text
 from matting.sparsity import bn_importance
 
 from . import artifact
@@ -157,7 +158,7 @@ def run_demo(out: Path, s: DemoSettings) -> Path:
     lap("eval")
     report = write_report(out, s, teacher=teacher, sparse=sparse, student=student, compiled=res, scores=scores,
                           bench_rows=rows, onnx=onnx_report, timings=timings)
-    (out / "settings.json").write_text(json.dumps(asdict(s), indent=1))
+    write_text(out / "settings.json", json.dumps(asdict(s), indent=1))
     print(f"\nreport: {report}")
     return report
 

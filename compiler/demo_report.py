@@ -158,8 +158,6 @@ def write_report(out: Path, s, *, teacher, sparse, student, compiled, scores, be
               "## Time per step (s)", "", "| " + " | ".join(timings) + " |", "|" + "---|" * len(timings),
               "| " + " | ".join(str(t) for t in timings.values()) + " |", ""]
     path = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
-    (out / "metrics.json").write_text(json.dumps({k: v["mean"] for k, v in scores.items()}, indent=1))
+    io.write_text(path, "\n".join(lines))
+    io.write_text(out / "metrics.json", json.dumps({k: v["mean"] for k, v in scores.items()}, indent=1))
     return path

@@ -60,7 +60,11 @@ def unknown(ctx, node):
     what = f"{node.op} {getattr(node.target, '__name__', node.target)}"
     if node.op == "call_module":
         what = f"module {type(ctx.gm.get_submodule(node.target)).__name__}"
-    reason = f"{node.name}: no channel rule for {what}"
+    return _freeze_touched(ctx, node, f"{node.name}: no channel rule for {what}")
+
+
+def _freeze_touched(ctx, node, reason):
+    """Freeze every input's channels; the output gets fresh frozen channels."""
     for a in node.all_input_nodes:
         ctx.freeze(ctx.space(a), reason)
     return _fresh_like(ctx, node, reason)
@@ -92,10 +96,8 @@ def same_if_shape_keeps_channels(ctx, node):
 
 
 def unknown_reason(ctx, node, why):
-    reason = f"{node.name}: {node.target if isinstance(node.target, str) else getattr(node.target, '__name__', node.target)} {why}"
-    for a in node.all_input_nodes:
-        ctx.freeze(ctx.space(a), reason)
-    return _fresh_like(ctx, node, reason)
+    what = node.target if isinstance(node.target, str) else getattr(node.target, '__name__', node.target)
+    return _freeze_touched(ctx, node, f"{node.name}: {what} {why}")
 
 
 def conv(ctx, node):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from matting.data.io import write_text
 from passes import DCPError
 
 from ..models import load_model
@@ -77,8 +78,6 @@ def run(args: argparse.Namespace) -> int:
     out = compiler.save(res, args.out)
     report = (f"# dcp compile report\n\nmodel `{args.model}`, importance `{args.importance}`, ratio {args.ratio}, "
               f"scopes `{args.scopes}`, round_to {args.round_to}\n\n```\n{res.summary()}\n```\n")
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(report)
-    tmp.replace(out / "report.md")
+    write_text(out / "report.md", report)
     print(f"wrote {out}/ (graph.json, weights.pt, plan.json, report.md)")
     return 0
