@@ -1,6 +1,7 @@
 """``compiler.compile``: trace -> channel groups -> importance -> select -> rewrite -> verify."""
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -15,9 +16,7 @@ from passes.report import format_groups
 from passes.rewrite import KeepMap, rewrite
 from passes.select import scope_pools, select
 from passes.trace import as_tuple
-from passes.verify import VerifyResult, verify
-
-VERIFY_TOLERANCE = 1e-5  # relative, fp32
+from passes.verify import VERIFY_TOLERANCE, VerifyResult, failure_message, verify
 
 
 @dataclass
@@ -63,6 +62,13 @@ def _verify_inputs(model: nn.Module, inputs: tuple, max_side: int | None) -> tup
         except Exception:  # e.g. a Linear after a flatten needs the full size
             full = tuple(randomise(t) for t in inputs)
             return full, model(*full)
+
+
+def _restore_modes(model: nn.Module, modes: Mapping[str, bool]) -> None:
+    """Put every submodule back in its own train/eval mode (a model may mix them, e.g. frozen BN)."""
+    for name, m in model.named_modules():
+        if name in modes:
+            m.training = modes[name]
 
 
 def planned_macs(ctx, groups, keep, costs) -> int:
@@ -114,7 +120,7 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
     """
     start = time.perf_counter()
     inputs = as_tuple(example_inputs)
-    was_training = model.training
+    was_training, modes = model.training, {name: m.training for name, m in model.named_modules()}
     model.eval()
     try:
         gm = trace(model, inputs, leaf_modules=leaf_modules)
@@ -134,6 +140,9 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
                                   sum(r.macs for r in costs))
         keep = plan(ratio)
         compact, kept = rewrite(ctx, groups, keep)
+        # the rewrite reuses the input's unpruned modules and tensors; a copy of the (smaller)
+        # compact model is the cheapest way to hand out a model that shares nothing with it
+        compact = copy.deepcopy(compact)
         report = {
             "input_shape": [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)],
             "ratio": ratio, "importance": importance if isinstance(importance, str) else "map",
@@ -148,15 +157,16 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
         }
         if verify_size != 0:
             vin, reference = _verify_inputs(model, inputs, verify_size)
-            result = verify(model, compact, KeepMap(ctx, groups, keep), vin, original_output=reference)
-            report["verify"] = {**result._asdict(),
+            keep_map = KeepMap(ctx, groups, keep)
+            result = verify(compact, keep_map, vin, original_output=reference)
+            report["verify"] = {**result._asdict(), "dtype": "float64", "tolerance": VERIFY_TOLERANCE,
                                 "input_shape": [list(t.shape) for t in vin if isinstance(t, torch.Tensor)]}
             if check and not result.masked_rel <= VERIFY_TOLERANCE:
-                raise DCPError(f"rewrite check failed: compact model differs from the masked original "
-                               f"by {result.masked_rel:.2e} relative (a compiler bug; please report it)")
+                raise DCPError(failure_message(compact, keep_map, vin, result))
     finally:
-        model.train(was_training)
+        _restore_modes(model, modes)
     compact.train(was_training)
+    _restore_modes(compact, modes)
     report["seconds"] = time.perf_counter() - start
     return CompileResult(compact, kept, report)
 
