@@ -1,8 +1,8 @@
-"""How each op relates its inputs' channel spaces to its output's: the rule TABLE.
+"""How each op relates its inputs' channel spaces to its output's: the channel RULES.
 
 A rule is ``rule(ctx, node) -> output space`` (an id array, a tuple of them, or None for
-values without channels). The tables at the bottom map module types, functions and tensor
-methods to rules; ``rule_for`` looks a node up. An op that is in no table is ``unknown``:
+values without channels). ``registry.py`` maps module types, functions and tensor methods
+to rules (one row per op, with its slicer and reason). An op in no row is ``unknown``:
 it freezes every channel it touches.
 """
 from __future__ import annotations
@@ -292,74 +292,3 @@ def split(ctx, node):
 def get_attr(ctx, node):
     c = _out_channels(ctx, node)
     return ctx.fresh_frozen(c, f"{node.name}: a constant tensor in the graph") if c else None
-
-
-# --- the tables ------------------------------------------------------------------
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
-               nn.Sigmoid, nn.Tanh, nn.ELU, nn.Mish, nn.Softplus, nn.Hardtanh)
-PASS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                nn.AdaptiveMaxPool2d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-                nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.Dropout1d)
-
-MODULE_RULES: dict[type, callable] = {
-    **{t: same for t in ACTIVATIONS + PASS_MODULES},
-    nn.Conv1d: conv, nn.Conv2d: conv, nn.ConvTranspose1d: conv, nn.ConvTranspose2d: conv,
-    nn.Linear: linear, nn.PReLU: prelu, nn.LayerNorm: layer_norm,
-    nn.BatchNorm1d: norm, nn.BatchNorm2d: norm, nn.InstanceNorm1d: norm, nn.InstanceNorm2d: norm, nn.GroupNorm: norm,
-    nn.MaxPool1d: max_pool, nn.MaxPool2d: max_pool, nn.MaxUnpool1d: unpool, nn.MaxUnpool2d: unpool,
-    nn.Flatten: flatten,
-}
-
-FUNCTION_RULES: dict[object, callable] = {
-    **{f: same for f in (F.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.hardsigmoid,
-                         F.hardtanh, F.elu, torch.relu, torch.sigmoid, torch.tanh, F.dropout, F.dropout2d,
-                         F.interpolate, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-                         torch.nn.functional.sigmoid, torch.clamp, operator.neg, operator.pos, F.pad)},
-    F.max_pool2d: max_pool, F.max_unpool2d: unpool,
-    **{f: elementwise for f in (operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
-                                operator.imul, torch.add, torch.sub, torch.mul, torch.div)},
-    torch.cat: cat, torch.concat: cat, operator.getitem: getitem, torch.flatten: flatten,
-    torch.reshape: reshape, torch.permute: permute, torch.transpose: transpose,
-    torch.mean: reduce, torch.sum: reduce, torch.amax: reduce,
-    torch.squeeze: same_if_shape_keeps_channels, torch.unsqueeze: same_if_shape_keeps_channels,
-    getattr: no_channels, len: no_channels, torch.split: split, torch.chunk: split,
-}
-
-# Functions of optional libraries, keyed by qualified name so passes need not import them.
-NAMED_FUNCTION_RULES: dict[str, callable] = {
-    "torchvision.ops.stochastic_depth.stochastic_depth": same,  # scales whole samples
-}
-
-METHOD_RULES: dict[str, callable] = {
-    **{m: same for m in ("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "detach", "float",
-                         "half", "to", "type_as", "clamp", "clamp_", "hardtanh_", "neg")},
-    **{m: no_channels for m in ("size", "dim", "numel", "ndimension")},
-    **{m: elementwise for m in ("add", "add_", "sub", "mul", "mul_", "div", "div_")},
-    "view": reshape, "reshape": reshape, "flatten": flatten, "permute": permute, "transpose": transpose,
-    "mean": reduce, "sum": reduce, "amax": reduce,
-    "squeeze": same_if_shape_keeps_channels, "unsqueeze": same_if_shape_keeps_channels,
-    "split": split, "chunk": split,
-}
-
-NAMED_MODULE_RULES: dict[str, callable] = {
-    "torchvision.ops.stochastic_depth.StochasticDepth": same,
-}
-
-
-def rule_for(gm: fx.GraphModule, node: fx.Node):
-    if node.op == "placeholder":
-        return placeholder
-    if node.op == "output":
-        return output
-    if node.op == "get_attr":
-        return get_attr
-    if node.op == "call_module":
-        cls = type(gm.get_submodule(node.target))
-        return MODULE_RULES.get(cls) or NAMED_MODULE_RULES.get(f"{cls.__module__}.{cls.__qualname__}", unknown)
-    if node.op == "call_function":
-        fn = node.target
-        return FUNCTION_RULES.get(fn) or NAMED_FUNCTION_RULES.get(
-            f"{getattr(fn, '__module__', '')}.{getattr(fn, '__name__', '')}", unknown)
-    if node.op == "call_method":
-        return METHOD_RULES.get(node.target, unknown)
-    return unknown

@@ -1,7 +1,7 @@
 """Channel dependency analysis: which channel spaces of a traced graph must shrink together.
 
 Every tensor value's channel dimension (dim 1) is a *space*: an array holding, per channel
-position, the id of that channel's identity. The op rules (``channel_rules.py``, a table)
+position, the id of that channel's identity. The op rules (``channel_rules.py``, one row per op in ``registry.py``)
 say how an op's output space relates to its inputs': a conv makes fresh ids, BN/ReLU/pool
 pass ids through, ``a + b`` and pool-indices -> unpool UNITE ids element-wise (same channel
 identity: the same indices must be kept), ``cat`` concatenates, ``flatten`` repeats.
@@ -141,12 +141,12 @@ def flat_spaces(value: Any) -> list[Space]:
 
 def analyse(gm: fx.GraphModule) -> ChannelAnalysis:
     """Walk the graph once, applying each node's rule. Needs ``passes.trace`` metadata."""
-    from .channel_rules import rule_for
+    from .registry import lookup
     ctx = ChannelAnalysis(gm)
     for node in gm.graph.nodes:
         if node.op != "output" and "tensor_meta" not in node.meta and "type" not in node.meta:
             raise ValueError(f"node '{node.name}' has no shape metadata: trace the model with passes.trace first")
-        rule: Callable = rule_for(gm, node)
+        rule: Callable = lookup(gm, node).rule
         ctx.spaces[node] = rule(ctx, node)
     return ctx
 
