@@ -93,8 +93,16 @@ class MattingFolder(Dataset):
     1 where the trimap is unknown (the loss mask); ``fg`` / ``bg`` (3, H, W) float32 in [0, 1]
     when the folder has them; ``name`` str.
 
-    >>> ds = MattingFolder("data/synth", crop=320, train=True)      # doctest: +SKIP
-    >>> batch = next(iter(DataLoader(ds, batch_size=8, num_workers=2)))  # doctest: +SKIP
+    >>> import tempfile
+    >>> from torch.utils.data import DataLoader
+    >>> from matting.data.synth import write_synth
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> root = write_synth(tmp.name + "/synth", n=2, size=64, seed=0)
+    >>> ds = MattingFolder(root, crop=32, train=True, seed=0)
+    >>> batch = next(iter(DataLoader(ds, batch_size=2)))
+    >>> batch["input"].shape, batch["mask"].shape
+    (torch.Size([2, 4, 32, 32]), torch.Size([2, 1, 32, 32]))
+    >>> tmp.cleanup()
     """
 
     def __init__(self, root: str | os.PathLike, crop: int | None = None, train: bool = False,
