@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -20,6 +18,7 @@ from tqdm import tqdm
 
 from passes.errors import DCPError
 
+from ..atomic import new_folder
 from . import io
 from .transforms import model_input, train_augment
 
@@ -36,19 +35,11 @@ def write_folder(out: str | os.PathLike, names: list[str], make: Callable[[int],
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not force:
             raise DCPError(f"{out} already exists and is not empty (use --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with new_folder(out) as tmp:
         for i, name in enumerate(tqdm(names, desc=desc, unit="img")):
             for key, arr in make(i).items():
                 io.write_image(tmp / key / f"{name}.png", arr)
         (tmp / "meta.json").write_text(json.dumps({**meta, "names": names}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
