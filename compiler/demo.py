@@ -67,7 +67,7 @@ def _say(msg: str) -> None:
 def make_data(out: Path, s: DemoSettings):
     """Synthetic train/test folders; returns the (train, validation) datasets."""
     from matting.data.synth import write_synth
-    from .commands.train import datasets
+    from matting.train.datasets import datasets
     write_synth(out / "data" / "train", s.n_train, s.size, seed=s.seed, force=True)
     write_synth(out / "data" / "test", s.n_test, s.size, seed=s.seed + 1000, force=True)
     return datasets(str(out / "data" / "train"), None, _stage_cfg("teacher", s, 1))

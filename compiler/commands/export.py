@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from ..models import load_model
-from ._common import example_input
+from ._common import add_trust_pickle_arg, example_input
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the preceding convs")
     p.add_argument("--fp16", action="store_true", help="half-precision weights and I/O (checked to 2e-2)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow loading a pickled foreign checkpoint (e.g. BEST_checkpoint.tar); it can run code")
+    add_trust_pickle_arg(p)
     p.set_defaults(func=run)
 
 
