@@ -113,7 +113,8 @@ def conv(ctx, node):
         ctx.member(node.target, "depthwise", space_in, node)
         ctx.module_io(node.target, space_in, space_in, "depthwise", node)
         return space_in
-    return unknown_reason(ctx, node, f"is a grouped conv (groups={m.groups}): not pruned")
+    from .grouped_conv import grouped_conv  # groups not 1 and not depthwise: its own module
+    return grouped_conv(ctx, node)
 
 
 def linear(ctx, node):
