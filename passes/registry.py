@@ -208,3 +208,6 @@ for _keys, _rule, _slicer, _reason in _TABLE:
 def known_ops() -> dict[object, OpEntry]:
     """Every registered key and its row (for docs and the op-table fuzz test)."""
     return {**_MODULES, **_CALLABLES, **_METHODS, **_NAMED}
+
+
+from . import shape_rules, channels_last  # noqa: E402,F401  the reshape family and channels-last rows
