@@ -177,16 +177,23 @@ def unpool(ctx, node):
 
 def elementwise(ctx, node):
     """add/sub/mul/div with broadcasting: operands carrying the full channel dim are tied; a
-    size-1 channel dim broadcasts (no tie); anything else freezes."""
+    size-1 channel dim broadcasts (no tie); a parameter with one value per channel
+    (``(1, C, 1, 1)``, ``(C, 1, 1)``, or such a view of one) is sliced as a member; anything
+    else freezes."""
+    from .param_rules import attach_channelwise, channelwise_param
     out_shape = ctx.shape(node)
     if out_shape is None or len(out_shape) < 2:
         return unknown_reason(ctx, node, "has no channel dim") if any(ctx.space(a) is not None for a in node.all_input_nodes) else None
     rank, channels = len(out_shape), out_shape[1]
-    result = None
+    result, params = None, []
     for a in _tensor_args(node):
         shape = ctx.shape(a)
         aligned = 1 - (rank - len(shape))  # which dim of `a` broadcasts onto the channel dim
         if aligned < 0 or shape[aligned] == 1:
+            continue
+        found = channelwise_param(ctx, a, channels) if aligned == 0 or ctx.shape(a)[0] == 1 else None
+        if found is not None and found[0] is not node:
+            params.append(found)
             continue
         if aligned != 1 or ctx.space(a) is None or shape[1] != channels:
             return unknown_reason(ctx, node, f"broadcasts a {tuple(shape)} operand over the channel dim")
@@ -194,7 +201,11 @@ def elementwise(ctx, node):
             result = ctx.space(a)
         else:
             ctx.tie(result, ctx.space(a), node)
-    return result if result is not None else ctx.fresh_frozen(channels, f"{node.name}: channels of a broadcast result")
+    if result is None:
+        return ctx.fresh_frozen(channels, f"{node.name}: channels of a broadcast result")
+    for found in params:
+        attach_channelwise(ctx, node, found, result)
+    return result
 
 
 def cat(ctx, node):
@@ -293,3 +304,27 @@ def split(ctx, node):
 def get_attr(ctx, node):
     c = _out_channels(ctx, node)
     return ctx.fresh_frozen(c, f"{node.name}: a constant tensor in the graph") if c else None
+
+
+def pad(ctx, node):
+    """F.pad: pads of the spatial dims keep the channels. Padding the channel dim (``pad`` long
+    enough to reach dim 1) adds fresh channels that are FIXED (frozen) around the input's,
+    which pass through: the pad widths count new channels, so no literal needs rewriting.
+    Negative pads crop, and a pad of the batch dim moves samples: those freeze."""
+    src, widths = _arg(node, 0, "input"), _arg(node, 1, "pad")
+    shape, space = ctx.shape(src), ctx.space(src)
+    if space is None or shape is None:
+        return same(ctx, node)
+    first = 2 * (len(shape) - 2)  # index in `pad` of the channel dim's (before, after) pair
+    if len(widths) <= first:
+        return space
+    before, after = widths[first], widths[first + 1] if len(widths) > first + 1 else 0
+    if len(widths) > first + 2 or not all(isinstance(w, int) and w >= 0 for w in (before, after)):
+        return unknown_reason(ctx, node, f"pads the channel or batch dim with {tuple(widths)}: only "
+                                         f"non-negative channel pads are proven")
+    reason = f"{node.name}: channels padded in by F.pad are fixed"
+    parts = [ctx.fresh_frozen(before, reason)] if before else []
+    parts.append(space)
+    if after:
+        parts.append(ctx.fresh_frozen(after, reason))
+    return np.concatenate(parts)

@@ -108,7 +108,19 @@ def compact_macs(rows: list[LayerCost], original: nn.Module, compact: nn.Module,
     for r in rows:
         if not r.macs:
             continue
+        if r.name not in targets:  # F.conv*/F.linear: MACs scale with the weight's size
+            w = next(n for n in gm.graph.nodes if n.name == r.name).args[1]
+            sizes = [_attr(m, w.target).numel() for m in (original, compact)] \
+                if isinstance(w, fx.Node) and w.op == "get_attr" else [1, 1]  # a computed weight: not scaled
+            total += r.macs * sizes[1] // sizes[0]
+            continue
         name = targets[r.name]
         (fi0, fo0), (fi1, fo1) = _fan(original.get_submodule(name)), _fan(compact.get_submodule(name))
         total += r.macs * fi1 * fo1 // (fi0 * fo0)
     return total
+
+
+def _attr(module: nn.Module, target: str):
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module

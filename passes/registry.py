@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from . import channel_rules as R
+from . import param_rules as P
 from . import slicers as S
 
 
@@ -136,7 +137,7 @@ def lookup(gm: fx.GraphModule, node: fx.Node) -> OpEntry:
     return UNKNOWN
 
 
-# --- the built-in table: (keys, rule, slicer, reason) --------------------------------------
+# --- the built-in table: (keys, rule, slicer, reason[, rewrite_args]) --------------------------------------
 _PASS = "keeps each channel where it is (per-channel or per-element op)"
 _ELEMENTWISE = "ties operands that carry the full channel dim; a size-1 channel dim broadcasts"
 _TABLE: list[tuple] = [
@@ -167,17 +168,30 @@ _TABLE: list[tuple] = [
       torch.sigmoid, torch.tanh, F.sigmoid, torch.clamp, operator.neg, operator.pos), R.same, None,
      "element-wise: " + _PASS),
     ((F.dropout, F.dropout2d), R.same, None, "identity at inference"),
-    ((F.interpolate, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d), R.same, None,
+    ((F.interpolate, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+      F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d), R.same, None,
      "spatial op: " + _PASS),
-    ((F.pad,), R.same, None, "pads spatial dims (NOT sound over the channel dim: see issue)"),
-    ((F.max_pool2d,), R.max_pool, None, "per-channel windows; values and indices keep the input's channels"),
-    ((F.max_unpool2d,), R.unpool, None, "scatters each channel by its own indices"),
+    ((F.pad,), R.pad, None, "spatial pads keep channels; channel pads add fixed fresh channels around them"),
+    ((F.max_pool1d, F.max_pool2d, F.max_pool3d, F.max_pool1d_with_indices, F.max_pool2d_with_indices,
+      F.max_pool3d_with_indices), R.max_pool, None, "per-channel windows; values and indices keep the input's channels"),
+    ((F.max_unpool1d, F.max_unpool2d, F.max_unpool3d), R.unpool, None,
+     "scatters each channel by its own indices: values, indices and output are one identity"),
+    ((F.conv1d, F.conv2d, F.conv3d), P.functional_conv, None,
+     "weight parameter: dim 0 fresh outputs, dim 1 consumed inputs (a row-wise computed weight: outputs only)"),
+    ((F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d), P.functional_conv_transpose, None,
+     "weight parameter (in, out, k...): dim 1 fresh outputs, dim 0 consumed inputs"),
+    ((F.linear,), P.functional_linear, None, "weight parameter (out, in) on (N, features)"),
+    ((F.batch_norm, F.instance_norm), P.functional_batch_norm, None,
+     "statistics and affine parameters are per channel"),
+    ((F.prelu,), P.functional_prelu, None, "one slope parameter per channel (or one shared)"),
     ((operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul, torch.add,
       torch.sub, torch.mul, torch.div), R.elementwise, None, _ELEMENTWISE),
     ((torch.cat, torch.concat), R.cat, None, "along dim 1 concatenates spaces; along another dim ties them"),
     ((operator.getitem,), R.getitem, None, "picks a tuple element, or indexes dims other than N and C"),
     ((torch.mean, torch.sum, torch.amax), R.reduce, None, "reducing spatial dims keeps channels; over C freezes"),
     ((torch.squeeze, torch.unsqueeze), R.same_if_shape_keeps_channels, None, "fine while dims 0 and 1 stay (N, C)"),
+    ((F.group_norm,), P.functional_group_norm, None,
+     "one channel a group is per channel; num_groups is rewritten to the kept width", P.group_norm_args),
     ((getattr, len), R.no_channels, None, "a size or attribute query: no channels"),
     ((torch.flatten,), R.flatten, None, "reshape family: flattening from dim 1 repeats each channel per position"),
     ((torch.reshape,), R.reshape, None, "reshape family: keeps (N, C, ...) or flattens from dim 1"),
@@ -200,9 +214,9 @@ _TABLE: list[tuple] = [
     (("split", "chunk"), R.split, None, "reshape family: spatial pieces keep channels; channel pieces freeze"),
 ]
 
-for _keys, _rule, _slicer, _reason in _TABLE:
+for _keys, _rule, _slicer, _reason, *_rewrite in _TABLE:
     for _key in _keys:
-        register_op(_key, _rule, slicer=_slicer, reason=_reason)
+        register_op(_key, _rule, slicer=_slicer, reason=_reason, rewrite_args=_rewrite[0] if _rewrite else None)
 
 
 def known_ops() -> dict[object, OpEntry]:

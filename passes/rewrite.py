@@ -20,6 +20,7 @@ from torch import fx, nn
 from .channels import ChannelAnalysis, Group, Space
 from .errors import DCPError
 from .registry import lookup, lookup_module
+from .slicers import take
 
 
 class KeepMap:
@@ -45,8 +46,8 @@ class KeepMap:
 
 def rewrite(ctx: ChannelAnalysis, groups: Sequence[Group], keep: Mapping[int, Sequence[int]]
             ) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
-    """The compact GraphModule and ``{module name: kept output-channel indices}`` of every
-    module whose output channels changed."""
+    """The compact GraphModule and ``{module or parameter name: kept output-channel indices}``
+    of every module (and parameter used directly in the graph) whose output channels changed."""
     gm, keep_map = ctx.gm, KeepMap(ctx, groups, keep)
     modules: dict[str, nn.Module] = {}
     kept: dict[str, torch.Tensor] = {}
@@ -62,7 +63,9 @@ def rewrite(ctx: ChannelAnalysis, groups: Sequence[Group], keep: Mapping[int, Se
         modules[name] = slicer(m, keep_in, keep_out)
         if keep_out is not None:
             kept[name] = torch.as_tensor(keep_out, dtype=torch.long)
-    root = {n.target: modules.get(n.target) or _fetch(gm, n.target)
+    params = _sliced_params(ctx, keep_map, kept)
+    replaced = {**modules, **params}
+    root = {n.target: replaced[n.target] if n.target in replaced else _fetch(gm, n.target)
             for n in gm.graph.nodes if n.op in ("call_module", "get_attr")}
     graph = fx.Graph()
     copies: dict[fx.Node, fx.Node] = {}
@@ -71,6 +74,25 @@ def rewrite(ctx: ChannelAnalysis, groups: Sequence[Group], keep: Mapping[int, Se
     compact = fx.GraphModule(root, graph, class_name=gm.__class__.__name__)
     compact.train(gm.training)
     return compact, kept
+
+
+def _sliced_params(ctx: ChannelAnalysis, keep_map: KeepMap, kept: dict) -> dict[str, torch.Tensor]:
+    """Sliced copies of the parameters/buffers used directly in the graph (get_attr members);
+    records their kept output positions in ``kept``."""
+    out = {}
+    for target, dims in ctx.params.items():
+        keeps = {dim: keep_map.kept_positions(ids) for dim, ids in dims.items()}
+        if all(k is None for k in keeps.values()):
+            continue
+        original = _fetch(ctx.gm, target)
+        t = original
+        for dim, k in keeps.items():
+            t = take(t, k, dim)
+        out[target] = nn.Parameter(t, requires_grad=original.requires_grad) if isinstance(original, nn.Parameter) else t
+        k_out = keeps.get(ctx.param_output_dim.get(target))
+        if k_out is not None:
+            kept[target] = torch.as_tensor(k_out, dtype=torch.long)
+    return out
 
 
 def _fetch(gm: fx.GraphModule, target: str):
