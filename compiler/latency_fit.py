@@ -100,7 +100,12 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
     full = cost.total({})
     budget, tried, best = target * full, [], None
     for _ in range(rounds):
-        keep = choose(cost, budget)
+        try:
+            keep = choose(cost, budget)
+        except DCPError:  # a correction asked for less than the floors allow: keep the best so far
+            if best is None:
+                raise
+            break
         kept = {gid: len(k) for gid, k in keep.items()}
         predicted = cost.total(kept) / full
         compact, _ = rewrite(ctx, groups, keep)
