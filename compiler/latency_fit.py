@@ -4,7 +4,8 @@ compact model against the original on the backend, and correct.
 The tables predict the compact/original latency ratio; what they miss (ops outside the units,
 caches, threading) shows when the whole compact model is timed. When the measured ratio
 misses the target by more than ``tolerance`` (relative), the budget is rescaled by
-measured/predicted and the selection rerun, a few ``rounds`` at most; the closest plan wins.
+measured/predicted (then by the secant through the last two rounds) and the selection rerun,
+a few ``rounds`` at most; the closest plan wins.
 Original and compact are timed interleaved (the same load hits both), so the RATIO is robust
 to other processes on the machine even when absolute times are not.
 """
@@ -102,9 +103,12 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
     for _ in range(rounds):
         try:
             keep = choose(cost, budget)
-        except DCPError:  # a correction asked for less than the floors allow: keep the best so far
+        except DCPError as e:  # a correction asked for less than the floors allow: keep the best so far
             if best is None:
-                raise
+                floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups if g.prunable}
+                raise DCPError(f"target_latency {target} is out of reach on {backend}: with every group at its "
+                               f"floor the measured tables predict {cost.total(floors) / full:.0%} of the original "
+                               f"(fixed costs dominate at this size; raise max_ratio or the target)") from e
             break
         kept = {gid: len(k) for gid, k in keep.items()}
         predicted = cost.total(kept) / full
@@ -117,8 +121,8 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
             best = (keep, measured, predicted, ms)
         if abs(measured - target) <= tolerance * target:
             break
-        new_budget = budget * target / measured  # measured/predicted scales the model's ms
-        if len(tried) > 1 and abs(new_budget - budget) < 1e-9 * full:
+        new_budget = _corrected_budget(tried, target, full)
+        if abs(new_budget - budget) < 1e-9 * full:
             break
         budget = new_budget
     keep, measured, predicted, ms = best
@@ -126,6 +130,20 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
               "original_ms": ms["original"], "compact_ms": ms["compact"], "rounds": tried, "table": stats,
               "layers": _per_layer(cost, tables, keep, backend, timer, full, ms["original"])}
     return keep, report
+
+
+def _corrected_budget(tried: list[dict], target: float, full: float) -> float:
+    """The next budget: first rescaled by measured/predicted (the tables' ms are off by a
+    factor); from the second round on, the secant through the last two (predicted, measured)
+    points, which also absorbs a constant the tables miss (ops outside the units)."""
+    last = tried[-1]
+    predicted = last["predicted_ratio"] * target / last["measured_ratio"]
+    if len(tried) > 1:
+        prev = tried[-2]
+        slope = (last["measured_ratio"] - prev["measured_ratio"]) / (last["predicted_ratio"] - prev["predicted_ratio"] or 1e-12)
+        if slope > 0:
+            predicted = last["predicted_ratio"] + (target - last["measured_ratio"]) / slope
+    return max(predicted, 1e-6) * full
 
 
 def _per_layer(cost: CostModel, tables, keep: dict, backend: str, timer, full: float, original_ms: float) -> list:
