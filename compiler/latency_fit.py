@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import fx, nn
 
@@ -27,7 +26,7 @@ from passes.errors import DCPError
 from passes.rewrite import rewrite
 from passes.select import CostModel, floor_width
 
-from .latency import (ORT_PROVIDER, _cuda, _torch_fn, check_backend, grid, measure_tables, ort_session_fn,
+from .latency import (ORT_PROVIDER, is_cuda, elapsed_ms, torch_fn, check_backend, grid, measure_tables, ort_session_fn,
                       runner, time_fn, unit_spec)
 
 Choose = Callable[[CostModel, float], dict]  # (cost model, budget) -> keep plan
@@ -65,7 +64,7 @@ def measure_models(models: Mapping[str, nn.Module], x: torch.Tensor, backend: st
     """Median ms of each whole model on the backend, timed round-robin (ORT: on the exported
     graph; ``trt``: the unpool-lowered one)."""
     from .onnx_export import export_onnx
-    cuda = _cuda(backend)
+    cuda = is_cuda(backend)
     fns = {}
     with tempfile.TemporaryDirectory(prefix="dcp-latency-") as tmp:
         for name, model in models.items():
@@ -74,13 +73,13 @@ def measure_models(models: Mapping[str, nn.Module], x: torch.Tensor, backend: st
                 export_onnx(model, path, x, dynamic=False, check=False, lower_unpool=backend == "trt")
                 fns[name] = ort_session_fn(str(path), x, backend)
             else:
-                fns[name] = _torch_fn(copy.deepcopy(model), x, backend)
+                fns[name] = torch_fn(copy.deepcopy(model), x, backend)
         for fn in fns.values():  # warm-up
-            time_fn(fn, cuda, repeats=1)
+            elapsed_ms(fn, 1, cuda)
         runs = {k: [] for k in fns}
         for _ in range(repeats):
             for k, fn in fns.items():
-                runs[k].append(time_fn(fn, cuda, repeats=1))
+                runs[k].append(elapsed_ms(fn, 1, cuda))
     return {k: statistics.median(v) for k, v in runs.items()}
 
 
@@ -150,7 +149,7 @@ def _per_layer(cost: CostModel, tables, keep: dict, backend: str, timer, full: f
     """Per layer: full-width and predicted (interpolated) ms, and the unit re-timed at the plan's
     widths; predicted model ms = the original's measured ms x table share."""
     kept = {gid: len(k) for gid, k in keep.items()}
-    timer = timer or (lambda module, x: time_fn(runner(module, x, backend), _cuda(backend), 3))
+    timer = timer or (lambda module, x: time_fn(runner(module, x, backend), is_cuda(backend), 3))
     rows = []
     for i, (layer, table) in enumerate(zip(cost.layers, tables)):
         spec = table.spec
