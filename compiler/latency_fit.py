@@ -4,7 +4,8 @@ compact model against the original on the backend, and correct.
 The tables predict the compact/original latency ratio; what they miss (ops outside the units,
 caches, threading) shows when the whole compact model is timed. When the measured ratio
 misses the target by more than ``tolerance`` (relative), the budget is rescaled by
-measured/predicted and the selection rerun, a few ``rounds`` at most; the closest plan wins.
+measured/predicted (then by the secant through the last two rounds) and the selection rerun,
+a few ``rounds`` at most; the closest plan wins.
 Original and compact are timed interleaved (the same load hits both), so the RATIO is robust
 to other processes on the machine even when absolute times are not.
 """
@@ -16,7 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import fx, nn
 
@@ -26,7 +26,7 @@ from passes.errors import DCPError
 from passes.rewrite import rewrite
 from passes.select import CostModel, floor_width
 
-from .latency import (ORT_PROVIDER, _cuda, _torch_fn, check_backend, grid, measure_tables, ort_session_fn,
+from .latency import (ORT_PROVIDER, is_cuda, elapsed_ms, torch_fn, check_backend, grid, measure_tables, ort_session_fn,
                       runner, time_fn, unit_spec)
 
 Choose = Callable[[CostModel, float], dict]  # (cost model, budget) -> keep plan
@@ -64,7 +64,7 @@ def measure_models(models: Mapping[str, nn.Module], x: torch.Tensor, backend: st
     """Median ms of each whole model on the backend, timed round-robin (ORT: on the exported
     graph; ``trt``: the unpool-lowered one)."""
     from .onnx_export import export_onnx
-    cuda = _cuda(backend)
+    cuda = is_cuda(backend)
     fns = {}
     with tempfile.TemporaryDirectory(prefix="dcp-latency-") as tmp:
         for name, model in models.items():
@@ -73,13 +73,13 @@ def measure_models(models: Mapping[str, nn.Module], x: torch.Tensor, backend: st
                 export_onnx(model, path, x, dynamic=False, check=False, lower_unpool=backend == "trt")
                 fns[name] = ort_session_fn(str(path), x, backend)
             else:
-                fns[name] = _torch_fn(copy.deepcopy(model), x, backend)
+                fns[name] = torch_fn(copy.deepcopy(model), x, backend)
         for fn in fns.values():  # warm-up
-            time_fn(fn, cuda, repeats=1)
+            elapsed_ms(fn, 1, cuda)
         runs = {k: [] for k in fns}
         for _ in range(repeats):
             for k, fn in fns.items():
-                runs[k].append(time_fn(fn, cuda, repeats=1))
+                runs[k].append(elapsed_ms(fn, 1, cuda))
     return {k: statistics.median(v) for k, v in runs.items()}
 
 
@@ -100,7 +100,15 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
     full = cost.total({})
     budget, tried, best = target * full, [], None
     for _ in range(rounds):
-        keep = choose(cost, budget)
+        try:
+            keep = choose(cost, budget)
+        except DCPError as e:  # a correction asked for less than the floors allow: keep the best so far
+            if best is None:
+                floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups if g.prunable}
+                raise DCPError(f"target_latency {target} is out of reach on {backend}: with every group at its "
+                               f"floor the measured tables predict {cost.total(floors) / full:.0%} of the original "
+                               f"(fixed costs dominate at this size; raise max_ratio or the target)") from e
+            break
         kept = {gid: len(k) for gid, k in keep.items()}
         predicted = cost.total(kept) / full
         compact, _ = rewrite(ctx, groups, keep)
@@ -112,8 +120,8 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
             best = (keep, measured, predicted, ms)
         if abs(measured - target) <= tolerance * target:
             break
-        new_budget = budget * target / measured  # measured/predicted scales the model's ms
-        if len(tried) > 1 and abs(new_budget - budget) < 1e-9 * full:
+        new_budget = _corrected_budget(tried, target, full)
+        if abs(new_budget - budget) < 1e-9 * full:
             break
         budget = new_budget
     keep, measured, predicted, ms = best
@@ -123,11 +131,25 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
     return keep, report
 
 
+def _corrected_budget(tried: list[dict], target: float, full: float) -> float:
+    """The next budget: first rescaled by measured/predicted (the tables' ms are off by a
+    factor); from the second round on, the secant through the last two (predicted, measured)
+    points, which also absorbs a constant the tables miss (ops outside the units)."""
+    last = tried[-1]
+    predicted = last["predicted_ratio"] * target / last["measured_ratio"]
+    if len(tried) > 1:
+        prev = tried[-2]
+        slope = (last["measured_ratio"] - prev["measured_ratio"]) / (last["predicted_ratio"] - prev["predicted_ratio"] or 1e-12)
+        if slope > 0:
+            predicted = last["predicted_ratio"] + (target - last["measured_ratio"]) / slope
+    return max(predicted, 1e-6) * full
+
+
 def _per_layer(cost: CostModel, tables, keep: dict, backend: str, timer, full: float, original_ms: float) -> list:
     """Per layer: full-width and predicted (interpolated) ms, and the unit re-timed at the plan's
     widths; predicted model ms = the original's measured ms x table share."""
     kept = {gid: len(k) for gid, k in keep.items()}
-    timer = timer or (lambda module, x: time_fn(runner(module, x, backend), _cuda(backend), 3))
+    timer = timer or (lambda module, x: time_fn(runner(module, x, backend), is_cuda(backend), 3))
     rows = []
     for i, (layer, table) in enumerate(zip(cost.layers, tables)):
         spec = table.spec
