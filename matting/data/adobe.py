@@ -1,4 +1,5 @@
-"""Adobe Image Matting / Composition-1k over its official folders and name lists (REFERENCE 4).
+"""Adobe Image Matting / Composition-1k over its official folders and name lists
+(docs/method.md#training-stages).
 
 Nothing is hard-coded: an ``AdobeLayout`` names the fg, alpha and background folders and the
 two name-list files (``training_fg_names.txt`` / ``training_bg_names.txt``, or the test ones).
@@ -108,7 +109,7 @@ class AdobeTrain(Dataset):
     ``AdobeTrain(layout, pairs, crop=320, crop_scales=(1, 1.5, 2), flip=True, jitter=0.125,
     trimap_kernel=(1, 5), trimap_iterations=None, seed=None)``: ``pairs`` as from
     ``read_pairs(split file)`` or ``layout.pairs(100)``. Items are the dicts documented on
-    ``MattingFolder`` (with ``fg`` / ``bg``), cropped as in REFERENCE section 4.
+    ``MattingFolder`` (with ``fg`` / ``bg``), cropped as docs/method.md#training-stages says.
     """
 
     def __init__(self, layout: AdobeLayout, pairs: list[Pair], crop: int = 320,
