@@ -28,6 +28,8 @@ from torch import nn
 import passes
 from passes.errors import DCPError
 
+from .models import input_channels
+
 CUDA_ONLY = ("eager-fp16-cl", "eager-bf16-cl", "compile-fp16-cl", "cudagraph-fp16-cl", "ort-cuda")
 BACKENDS = ("eager-fp32", *CUDA_ONLY[:4], "ort-cpu", "ort-cuda")
 
@@ -204,14 +206,9 @@ def export_for_bench(model: nn.Module, folder: Path, name: str, size: int, lower
     """A dynamic-shape ONNX file of ``model`` for the ORT backends (unchecked: ``dcp export`` verifies)."""
     from .onnx_export import export_onnx
     path = folder / f"{name.replace('/', '_').replace(':', '_')}.onnx"
-    export_onnx(model, path, torch.randn(1, _in_channels(model), size, size), dynamic=True,
+    export_onnx(model, path, torch.randn(1, input_channels(model), size, size), dynamic=True,
                 lower_unpool=lower_unpool, check=False)
     return path
-
-
-def _in_channels(model: nn.Module) -> int:
-    return getattr(model, "in_channels", None) or next(
-        (m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 4)
 
 
 def run(models: dict[str, nn.Module], sizes: Iterable[int], backends: Iterable[str], repeats: int = 5,
@@ -266,7 +263,7 @@ def _time_group(models: dict[str, nn.Module], backend: str, size: int, repeats: 
     cuda = not ort and (backend in CUDA_ONLY or device == "cuda")
     rows, fns = {}, {}
     for name, model in models.items():
-        x = torch.randn(1, _in_channels(model), size, size, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(1, input_channels(model), size, size, generator=torch.Generator().manual_seed(0))
         rows[name] = row = Row(name, backend, size, None)
         try:
             with PeakMemory(cuda) as mem:  # build + warm-up: weights, activations, workspaces
@@ -295,7 +292,7 @@ def _fill_ratios(rows: list[Row], models: dict[str, nn.Module], baseline: str) -
     costs = {}
     for name, model in models.items():
         for size in {r.size for r in rows}:
-            x = torch.zeros(1, _in_channels(model), size, size)
+            x = torch.zeros(1, input_channels(model), size, size)
             costs[name, size] = passes.count(model, x)
     base = {(r.backend, r.size): r.median_ms for r in rows if r.model == baseline}
     for r in rows:
