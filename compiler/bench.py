@@ -64,6 +64,29 @@ def default_backends(device: str) -> list[str]:
     return ["eager-fp32", "ort-cpu"]
 
 
+def run_settings(gpu: bool, quick: bool = False, sizes=None, backends=None, repeats=None, warmup=None,
+                 onnx: bool = True, quick_backends=None) -> tuple[list[int], list[str], int, int]:
+    """``(sizes, backends, repeats, warmup)`` of a timing run, the given ones or the defaults:
+    sizes 320 640 1024 (+2048 on GPU), the device's backends, 5 timed runs after 2 warm-ups
+    on CPU and 20 after 5 on GPU; ``quick``: 320 only, ``quick_backends`` (default: the
+    device's), 2 runs after 1. ``onnx=False`` drops the ONNX Runtime backends.
+
+    >>> run_settings(gpu=False, quick=True, quick_backends=["eager-fp32"])
+    ([320], ['eager-fp32'], 2, 1)
+    """
+    sizes = list(sizes or ([320] if quick else [320, 640, 1024] + ([2048] if gpu else [])))
+    if any(s < 32 for s in sizes):
+        raise ValueError(f"sizes must be at least 32 (five 2x poolings), got {sizes}")
+    backends = list(backends or (quick and quick_backends) or default_backends("cuda" if gpu else "cpu"))
+    if not onnx:
+        backends = [b for b in backends if not b.startswith("ort")]
+    repeats = repeats or (2 if quick else 20 if gpu else 5)
+    warmup = warmup if warmup is not None else (1 if quick else 5 if gpu else 2)
+    if repeats < 1 or warmup < 0:
+        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+    return sizes, backends, repeats, warmup
+
+
 # ----------------------------------------------------------------------------- timing
 def time_once(fn: Callable[[], object], cuda: bool) -> float:
     """Milliseconds of one call: CUDA events on GPU (kernels are async), wall clock otherwise."""

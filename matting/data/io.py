@@ -36,12 +36,19 @@ def warn_once(kind: str, message: str) -> None:
     print(f"warning: {message} (further such warnings are not shown)", file=sys.stderr)
 
 
-def _decode(path: str | os.PathLike) -> np.ndarray:
+def require_file(path: str | os.PathLike, kind: str) -> Path:
+    """``path`` as a Path if it is an existing file, else a one-line ``DCPError`` (``kind``: what
+    was expected, e.g. "an image file")."""
     path = Path(path)
     if not path.exists():
         raise DCPError(f"no such file: {path}")
     if path.is_dir():
-        raise DCPError(f"{path} is a folder, expected an image file")
+        raise DCPError(f"{path} is a folder, expected {kind}")
+    return path
+
+
+def _decode(path: str | os.PathLike) -> np.ndarray:
+    path = require_file(path, "an image file")
     data = path.read_bytes()
     if data.startswith(_PNG_SIG) and _PNG_END not in data[-32:]:
         raise DCPError(f"cannot read {path}: the PNG file is truncated")
