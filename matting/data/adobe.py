@@ -35,7 +35,7 @@ class AdobeLayout:
     bg_names: Path
 
     def pairs(self, per_fg: int) -> list[Pair]:
-        return composition_pairs(read_names(self.fg_names), read_names(self.bg_names), per_fg)
+        return composition_pairs(io.read_names(self.fg_names), io.read_names(self.bg_names), per_fg)
 
     def read(self, fg_name: str, bg_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fg RGB, alpha, bg RGB) uint8 of one pair; fg and alpha must agree in size."""
@@ -43,14 +43,6 @@ class AdobeLayout:
         alpha = io.read_gray(Path(self.alpha_dir) / fg_name)
         io.check_same_size(fg, alpha, Path(self.fg_dir) / fg_name, Path(self.alpha_dir) / fg_name)
         return fg, alpha, io.read_rgb(Path(self.bg_dir) / bg_name)
-
-
-def read_names(path: str | os.PathLike) -> list[str]:
-    """Non-empty lines of a name-list file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DCPError(f"no such name-list file: {path}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def composition_pairs(fg_names: list[str], bg_names: list[str], per_fg: int) -> list[Pair]:
@@ -77,7 +69,7 @@ def write_pairs(path: str | os.PathLike, pairs: list[Pair]) -> None:
 def read_pairs(path: str | os.PathLike) -> list[Pair]:
     """Pairs from a split file (``fg<TAB>bg`` per line, as ``dcp data split`` writes)."""
     pairs = []
-    for n, line in enumerate(read_names(path), start=1):
+    for n, line in enumerate(io.read_names(path), start=1):
         parts = line.split("\t")
         if len(parts) != 2:
             raise DCPError(f"{path}:{n}: expected 'fg_name<TAB>bg_name'")

@@ -129,6 +129,14 @@ def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
     write_bytes(path, buf.tobytes())
 
 
+def read_names(path: str | os.PathLike) -> list[str]:
+    """Non-empty lines of a name-list file (Adobe's fg/bg lists, train.txt / valid.txt), stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DCPError(f"no such name-list file: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly in ``folder``, sorted by name."""
     folder = Path(folder)
