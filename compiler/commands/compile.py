@@ -22,6 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of prunable channels removed (default 0.5)")
     p.add_argument("--target-macs", type=float, default=None,
                    help="keep at most this fraction of the MACs (searches the ratio; overrides --ratio)")
+    p.add_argument("--target-latency", type=float, default=None,
+                   help="the compact model's MEASURED latency on --backend as a fraction of the original's "
+                        "(e.g. 0.5; overrides --ratio)")
+    p.add_argument("--backend", default="torch-cpu",
+                   help="where latency is measured: torch-cpu, ort-cpu; with a GPU cuda-fp16, cuda-bf16, ort-cuda, trt")
+    p.add_argument("--latency-cache", default=None,
+                   help="folder of cached layer timings (default $DCP_CACHE_DIR or ~/.cache/dcp)")
+    p.add_argument("--normalize", default="auto", choices=("auto", "none", "mean", "max", "std"),
+                   help="per-group score normalisation (auto: mean for l1/l2, none for BN gammas)")
+    p.add_argument("--max-ratio", type=float, default=0.9,
+                   help="never remove more than this fraction of any group (default 0.9)")
     p.add_argument("--scopes", default=None,
                    help="'paper' (separate encoder/decoder thresholds) or NAME=PATTERN[,PATTERN]:RATIO;... ")
     p.add_argument("--round-to", type=int, default=1, help="round kept widths up to a multiple (8 for tensor cores)")
@@ -34,9 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_scopes(text: str | None):
-    """``paper`` or ``enc=down*:0.5;dec=up*,head*:0.3``."""
-    if text is None or text == "paper":
-        return text
+    """``paper`` (DIM's encoder/decoder pools) or ``enc=down*:0.5;dec=up*,head*:0.3``."""
+    if text is None:
+        return None
+    if text == "paper":
+        from matting.scopes import PAPER_SCOPES
+        return PAPER_SCOPES
     scopes = []
     for part in filter(None, text.split(";")):
         try:
@@ -67,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     res = compiler.compile(model, example_input(model, args.size), ratio=args.ratio, importance=importance,
                            round_to=args.round_to, scopes=parse_scopes(args.scopes),
                            min_channels=args.min_channels, widths=widths, aggregate=args.aggregate,
-                           target_macs=args.target_macs)
+                           target_macs=args.target_macs, target_latency=args.target_latency, backend=args.backend,
+                           normalize=args.normalize, max_ratio=args.max_ratio,
+                           latency_options={"cache": args.latency_cache})
     print(res.summary())
     out = compiler.save(res, args.out)
     report = (f"# dcp compile report\n\nmodel `{args.model}`, importance `{args.importance}`, ratio {args.ratio}, "
