@@ -369,13 +369,8 @@ def plot(rows: list[Row], path: Path, title: str = "") -> Path | None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    import io
-    from matting.atomic import write_bytes
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
-    return Path(path)
+    from matting.atomic import write_figure
+    return write_figure(path, fig, dpi=110)
 
 
 def write(rows: list[Row], folder: Path, stem: str, meta: dict) -> list[Path]:

@@ -320,12 +320,9 @@ class TimingCache:
             return {}
 
     def store(self, spec: UnitSpec, ms: dict[tuple[int, int], float]) -> None:
-        path = self._path(spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"env": self.env, "unit": spec.signature(),
-                                   "ms": {f"{a},{b}": v for (a, b), v in sorted(ms.items())}}))
-        os.replace(tmp, path)
+        from matting.atomic import write_text
+        write_text(self._path(spec), json.dumps({"env": self.env, "unit": spec.signature(),
+                                                 "ms": {f"{a},{b}": v for (a, b), v in sorted(ms.items())}}))
 
 
 def progress(total: int, desc: str):
