@@ -325,7 +325,7 @@ class TimingCache:
             return {}
 
     def store(self, spec: UnitSpec, ms: dict[tuple[int, int], float]) -> None:
-        from matting.data.io import write_text  # the project's atomic writer (temp file + rename)
+        from matting.atomic import write_text
         write_text(self._path(spec), json.dumps({"env": self.env, "unit": spec.signature(),
                                                  "ms": {f"{a},{b}": v for (a, b), v in sorted(ms.items())}}))
 
@@ -358,7 +358,7 @@ def grid(lo: float, size: int, points: int, round_to: int) -> list[int]:
     """Up to ``points`` widths from ``lo`` to ``size``, evenly spaced, snapped to ``round_to``.
 
     >>> grid(8, 64, 5, 8)
-    [8, 24, 40, 48, 64]
+    [8, 24, 32, 48, 64]
     """
     lo = max(1, min(size, int(np.ceil(lo))))
     raw = np.linspace(lo, size, points) if points > 1 else np.array([size])
