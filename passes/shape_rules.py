@@ -27,8 +27,8 @@ transposes, merges and splits of the box dims (the kept positions keep their row
 order). Literal sizes in ``view``/``reshape`` calls are rewritten to the compact box
 (``rewrite_view``); sizes computed in the graph (``x.size(1) // g``) follow by themselves.
 
-Split/chunk along the channel dim: each piece is a slice of the space and, when it is a
-run of one producer's fresh channels, its own group (so every piece keeps a channel).
+Split/chunk along the channel dim: each piece is a slice of the space, and the channels of
+each piece become groups of their own (so pruning keeps a channel in every piece).
 The compact call is ``split`` with the kept count of each piece (``rewrite_split``): a
 ``chunk`` of pieces pruned to unequal sizes is no longer a chunk. (Tying the pieces would
 keep the chunk but couple unrelated channels: in ShuffleNet v2 the chunk after every
@@ -316,33 +316,39 @@ def transpose(ctx: ChannelAnalysis, node: fx.Node):
 
 
 # --- split / chunk ---------------------------------------------------------------------------
-def _own_group(ctx: ChannelAnalysis, piece: np.ndarray) -> bool:
-    """Make a piece that is a run of fresh ids its own allocations (its own group, so pruning
-    keeps one of its channels): split the allocations it cuts. False if it is no such run."""
-    start, stop = int(piece[0]), int(piece[0]) + len(piece)
-    if not np.array_equal(piece, np.arange(start, stop)):
-        return False
-    allocs = ctx.allocations
-    i = bisect.bisect_right(allocs, start, key=lambda r: r.start) - 1
-    if i < 0 or allocs[i].stop <= start:
-        return False
-    j = i
-    while j < len(allocs) and allocs[j].start < stop:
-        j += 1
-    covered = allocs[i:j]
-    if any(a.stop != b.start for a, b in zip(covered, covered[1:])) or covered[-1].stop < stop:
-        return False
-    parts = []
-    for r in covered:
-        lo, hi = max(r.start, start), min(r.stop, stop)
-        parts += [p for p in (range(r.start, lo), range(lo, hi), range(hi, r.stop)) if len(p)]
-    allocs[i:j] = parts
-    return True
+def all_roots(ctx: ChannelAnalysis) -> np.ndarray:
+    """The root of every id (vectorised pointer jumping over the union-find's parents)."""
+    parent = np.asarray(ctx.ids.parent, dtype=np.int64)
+    while True:
+        up = parent[parent]
+        if np.array_equal(up, parent):
+            return parent
+        parent = up
+
+
+def separate_pieces(ctx: ChannelAnalysis, pieces: tuple) -> None:
+    """Refine the allocations so none mixes channels whose identities lie in different pieces
+    (or in a piece and in none): each piece's channels become groups of their own, so
+    pruning keeps at least one channel of every piece (an empty piece has no compact form)."""
+    roots = all_roots(ctx)
+    label = np.full(len(roots), -1, dtype=np.int64)  # -1: in no piece, -2: in several
+    for k, piece in enumerate(pieces):
+        r = roots[piece]
+        label[r] = np.where((label[r] == -1) | (label[r] == k), k, -2)
+    refined = []
+    for alloc in ctx.allocations:
+        lab = label[roots[alloc.start:alloc.stop]]
+        if (lab == lab[0]).all():
+            refined.append(alloc)
+            continue
+        cuts = [0, *(np.nonzero(lab[1:] != lab[:-1])[0] + 1).tolist(), len(lab)]
+        refined += [range(alloc.start + a, alloc.start + b) for a, b in zip(cuts, cuts[1:])]
+    ctx.allocations[:] = refined
 
 
 def split(ctx: ChannelAnalysis, node: fx.Node):
-    """split/chunk: along the channel dim each piece is a slice of the space (its own group
-    when it is one producer's run); along another dim every piece keeps the space."""
+    """split/chunk: along the channel dim each piece is a slice of the space (its channels
+    their own groups); along another dim every piece keeps the space."""
     src = node.args[0]
     space = ctx.space(src)
     pieces = node.meta.get("tensor_meta")
@@ -363,12 +369,7 @@ def split(ctx: ChannelAnalysis, node: fx.Node):
     sizes = [p.shape[dim] for p in pieces]
     starts = np.cumsum([0] + sizes)
     out = tuple(space[s:s + n] for s, n in zip(starts.tolist(), sizes))
-    if not all([_own_group(ctx, piece) for piece in out if len(piece)]):
-        # pieces of channels shared with other groups: tie them so each keeps what the others keep
-        if len(set(sizes)) != 1:
-            return freeze_node(ctx, node, f"{_why(node)} splits shared channels into pieces of unequal sizes {sizes}")
-        for piece in out[1:]:
-            ctx.tie(out[0], piece, node)
+    separate_pieces(ctx, out)
     _state(ctx, "splits")[node] = dim
     return record(ctx, node, out, axis)
 
