@@ -197,6 +197,9 @@ def reshape(ctx: ChannelAnalysis, node: fx.Node):
     full = np.broadcast_to(box.reshape(placed), shape_in[lo:hi]).reshape(shape_out[dims_out[0]: dims_out[-1] + 1])
     _state(ctx, "views")[node] = (dims_out[0], full)
     out, out_axis = _trim(full, dims_out[0])
+    why = _unfollowed_count(ctx, node, src, out, out_axis) if out.ndim == 1 else None
+    if why is not None:
+        return freeze_node(ctx, node, f"{_why(node)} {why}")
     return record(ctx, node, out, out_axis, _box_flags(ctx, node, src, box, out, out_axis))
 
 
@@ -208,30 +211,69 @@ def _box_flags(ctx, node, src, box_in, out, out_axis) -> list[bool] | None:
     if node.target in ("view", "reshape", torch.reshape):
         parsed = _sizes_of_call(node)
         sizes = parsed[0] if parsed else []
-        return [d < len(sizes) and _follows_channels(sizes[d], src) for d in range(out_axis, out_axis + out.ndim)]
+        return [d < len(sizes) and _follows_channels(ctx, sizes[d], src) for d in range(out_axis, out_axis + out.ndim)]
     if out.shape == box_in.shape:
         return shrink_flags(ctx, src, box_in)
     return [False] * out.ndim
 
 
-def _follows_channels(size, src: fx.Node) -> bool:
-    """A size entry the compact graph can change: -1, a literal (rewritten), or the reshaped
-    tensor's channel count divided by a literal (``x.size(1) // g``, as torchvision's
-    channel_shuffle computes it)."""
-    if isinstance(size, int):
+def _size_source(size) -> tuple[fx.Node, int] | None:
+    """``(t, k)`` when a size entry reads dim ``k`` of tensor ``t`` (``t.size(k)``,
+    ``t.size()[k]``, ``t.shape[k]``)."""
+    if not isinstance(size, fx.Node):
+        return None
+    if size.op == "call_method" and size.target == "size" and len(size.args) == 2:
+        return size.args[0], size.args[1]
+    if size.target is operator.getitem and isinstance(size.args[0], fx.Node) and isinstance(size.args[1], int):
+        shape = size.args[0]
+        if shape.target == "size" and len(shape.args) == 1 or shape.target is getattr and shape.args[1] == "shape":
+            return shape.args[0], size.args[1]
+    return None
+
+
+def _channel_count_of(ctx, size, src: fx.Node) -> bool:
+    source = _size_source(size)
+    return source is not None and source[0] is src and source[1] == axis_of(ctx, src)
+
+
+def _follows_channels(ctx, size, src: fx.Node) -> bool:
+    """A size entry of a box dim the compact graph can change: -1, a literal (rewritten), the
+    reshaped tensor's channel count or that divided by a literal (``x.size(1) // g``, as
+    torchvision's channel_shuffle computes it)."""
+    if isinstance(size, int) or _channel_count_of(ctx, size, src):
         return True
-    if not (isinstance(size, fx.Node) and size.target is operator.floordiv and isinstance(size.args[1], int)):
-        return False
-    count = size.args[0]
-    if not isinstance(count, fx.Node):
-        return False
-    if count.op == "call_method" and count.target == "size" and len(count.args) == 2:
-        return count.args[0] is src and count.args[1] == 1
-    if count.target is operator.getitem and isinstance(count.args[0], fx.Node) and count.args[1] == 1:
-        shape = count.args[0]
-        return shape.args[0] is src and (shape.target == "size" and len(shape.args) == 1
-                                         or shape.target is getattr and shape.args[1] == "shape")
-    return False
+    return (isinstance(size, fx.Node) and size.target is operator.floordiv and isinstance(size.args[1], int)
+            and _channel_count_of(ctx, size.args[0], src))
+
+
+def _unfollowed_count(ctx: ChannelAnalysis, node: fx.Node, src: fx.Node, out: np.ndarray, axis: int) -> str | None:
+    """Why the size a view/reshape call gives for its (1-D) channel dim would not follow the
+    pruning, or None. A count read from another tensor's channel dim ties the two spaces
+    (the counts are then equal by construction)."""
+    parsed = _sizes_of_call(node) if node.target in ("view", "reshape", torch.reshape) else None
+    if parsed is None:
+        return None
+    sizes = parsed[0]
+    if len(sizes) == 1 and isinstance(sizes[0], fx.Node) and sizes[0].target in ("size", getattr):
+        whole = sizes[0]  # x.view(y.shape), x.view(y.size()): every dim read from y
+        if whole.target is getattr and whole.args[1] != "shape" or len(whole.args) != (2 if whole.target is getattr else 1):
+            return f"takes its shape from {whole.name}"
+        sizes = [(whole.args[0], k) for k in range(len(ctx.shape(node)))]
+    if axis >= len(sizes):
+        return f"gives no size for the channel dim {axis}"
+    size = sizes[axis]
+    if isinstance(size, int):
+        return None
+    source = size if isinstance(size, tuple) else _size_source(size)
+    if source is None:
+        return f"computes its channel count ({getattr(size, 'name', size)}) in a way the rule cannot follow"
+    t, k = source
+    space = ctx.space(t)
+    if not (isinstance(space, np.ndarray) and space.ndim == 1 and k == axis_of(ctx, t) and len(space) == len(out)):
+        return f"reads its channel count from dim {k} of {t.name}, which does not hold {len(out)} channels"
+    if t is not src and not np.array_equal(np.sort(roots(ctx, space)), np.sort(roots(ctx, out))):
+        ctx.tie(space, out, node)  # (the same channels in another order count the same already)
+    return None
 
 
 def box_sizes(keep_map, full: np.ndarray, where: str) -> list[int]:
