@@ -8,7 +8,7 @@ from torch import nn
 import matting
 import passes
 
-UNPOOL_COUPLINGS = [  # encoder conv whose output channels are the decoder conv's (REFERENCE 1)
+UNPOOL_COUPLINGS = [  # encoder conv whose output channels are the decoder conv's (docs/method.md#teacher)
     ("down1.conv2.cbr_unit.0", "up2.conv.cbr_unit.0"),
     ("down2.conv2.cbr_unit.0", "up3.conv.cbr_unit.0"),
     ("down3.conv3.cbr_unit.0", "up4.conv.cbr_unit.0"),
