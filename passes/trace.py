@@ -23,7 +23,7 @@ from torch.nn.modules import module as _module_mod
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
 from .errors import DCPError
-from .shape_rules import FUNCTION_SHAPES, MODULE_SHAPES
+from .shape_formulas import FUNCTION_SHAPES, MODULE_SHAPES
 
 
 def as_tuple(example_inputs: Any) -> tuple:
@@ -98,7 +98,7 @@ def _row_major(t: torch.Tensor) -> bool:
 
 def propagate_on_meta(gm: fx.GraphModule, inputs: tuple) -> None:
     """Annotate every node from meta tensors: a formula for common layers and elementwise ops
-    (passes/shape_rules.py), the op itself on meta tensors for the rest. Raises ``DCPError``
+    (passes/shape_formulas.py), the op itself on meta tensors for the rest. Raises ``DCPError``
     naming the node when an op cannot run on meta."""
     env: dict[fx.Node, Any] = {}
     load = env.__getitem__
@@ -223,8 +223,13 @@ def symbolic_trace(model: torch.nn.Module, leaf_modules: Iterable[type] = ()) ->
             f"cannot trace {type(model).__name__}{where}: {type(e).__name__}: {str(e).splitlines()[0]} "
             f"-- data-dependent control flow or untraceable calls must live in a leaf module: "
             f"pass leaf_modules=(ThatModule,) so it is kept as one opaque call") from e
-    name = model.__class__.__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    return _GraphModule(tracer.root, graph, model.__class__.__name__)
+
+
+try:  # generates forward()'s Python code on first use, not at construction (most traces never run it)
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+except ImportError:  # a torch without it: the eager GraphModule, slower to build, same behaviour
+    _GraphModule = fx.GraphModule
 
 
 class _Tracer(fx.Tracer):

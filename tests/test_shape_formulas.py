@@ -1,4 +1,4 @@
-"""The shape formulas of passes/shape_rules.py against real runs, and trace metadata against a real forward."""
+"""The shape formulas of passes/shape_formulas.py against real runs, and trace metadata against a real forward."""
 import operator
 
 import pytest
@@ -9,7 +9,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 import passes
-from passes.shape_rules import FUNCTION_SHAPES, MODULE_SHAPES
+from passes.shape_formulas import FUNCTION_SHAPES, MODULE_SHAPES
 
 small = st.integers(1, 4)
 SETTINGS = settings(max_examples=150, deadline=None)

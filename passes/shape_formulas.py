@@ -6,7 +6,7 @@ A rule returns the output shape, or ``None`` when its formula does not cover the
 (other argument forms, a shape the op would reject): the caller then runs the op on meta
 tensors, which also raises the op's own error. Rules assume what the caller checks first:
 floating, contiguous inputs and, for modules, parameters of the input's dtype and no hooks.
-tests/test_shape_rules.py checks every rule against real runs on random shapes.
+tests/test_shape_formulas.py checks every rule against real runs on random shapes.
 
 >>> import torch
 >>> x = torch.empty(2, 3, 9, 9, device="meta")
