@@ -349,26 +349,25 @@ def plot(rows: list[Row], path: Path, title: str = "") -> Path | None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    import io
+    from matting.atomic import write_bytes
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 def write(rows: list[Row], folder: Path, stem: str, meta: dict) -> list[Path]:
     """``stem.json`` (rows + meta), ``stem.md`` (the table) and ``stem.png`` in ``folder``, atomically."""
     import json
+    from matting.atomic import write_text
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     out = []
     for suffix, text in ((".json", json.dumps({"meta": meta, "rows": as_dicts(rows)}, indent=1)),
                          (".md", markdown(rows) + "\n")):
         path = folder / f"{stem}{suffix}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_text(path, text)
         out.append(path)
     png = plot(rows, folder / f"{stem}.png", title=meta.get("title", ""))
     return out + ([png] if png else [])

@@ -38,6 +38,11 @@ def _check(pred, gt, trimap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pred.astype(np.uint8), gt.astype(np.uint8), trimap
 
 
+# Two float alphas closer than half an 8-bit level round to the same stored matte; callers that
+# compare a deployed model with torch (ONNX export) accept any difference below it.
+ALPHA_HALF_LEVEL = 0.5 / 255
+
+
 def to_uint8(alpha: np.ndarray) -> np.ndarray:
     """A float alpha in [0, 1] as the uint8 image the metrics read (rounded, clipped)."""
     return np.clip(np.rint(np.asarray(alpha, np.float64) * 255.0), 0, 255).astype(np.uint8)

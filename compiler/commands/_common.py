@@ -9,6 +9,11 @@ import torch
 def add_model_arg(parser: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
     parser.add_argument("--model", required=required and default is None, default=default,
                         help="dim, dim:WIDTH (e.g. dim:0.25), a checkpoint file, or a compiled artifact folder")
+    add_trust_pickle_arg(parser)
+
+
+def add_trust_pickle_arg(parser: argparse.ArgumentParser) -> None:
+    """The one opt-in for unpickling: without it, checkpoints load with weights_only=True."""
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow loading a pickled foreign checkpoint (e.g. BEST_checkpoint.tar); it can run code")
 

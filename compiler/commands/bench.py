@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..models import load_model
+from ._common import add_trust_pickle_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-lower-unpool", action="store_true", help="ONNX with ScatterND instead of dense unpool")
     p.add_argument("--quick", action="store_true", help="smallest size, eager fp32 only, few runs")
     p.add_argument("--out", default=None, help="folder for bench.json, bench.md and bench.png")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow loading a pickled foreign checkpoint (e.g. BEST_checkpoint.tar); it can run code")
+    add_trust_pickle_arg(p)
     p.set_defaults(func=run)
 
 

@@ -7,19 +7,21 @@ What is accepted, with one warning each (printed once per kind, on stderr):
   (e.g. a hand-drawn unknown grey of 102) -> quantised: < 85 -> 0, > 170 -> 255, else 128.
 What is refused with a one-line ``DCPError``: missing, unreadable or truncated files, colour
 trimaps/alphas whose channels differ, and (by callers) size mismatches.
-Writes go to a temp file in the same folder and are renamed into place (never a partial file).
+Writes go through ``matting.atomic`` (``write_bytes`` / ``write_text`` are re-exported here):
+never a partial file.
 """
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from passes.errors import DCPError
+
+from ..atomic import write_bytes, write_text  # noqa: F401  (re-exported: image and report writers)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _PNG_SIG, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
@@ -118,24 +120,6 @@ def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
     if not ok:
         raise DCPError(f"cannot encode an image as {ext} for {path}")
     write_bytes(path, buf.tobytes())
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file atomically: a temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    write_bytes(path, text.encode())
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

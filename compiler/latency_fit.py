@@ -1,0 +1,155 @@
+"""Hit a MEASURED latency target: select on the measured latency model, rewrite, time the
+compact model against the original on the backend, and correct.
+
+The tables predict the compact/original latency ratio; what they miss (ops outside the units,
+caches, threading) shows when the whole compact model is timed. When the measured ratio
+misses the target by more than ``tolerance`` (relative), the budget is rescaled by
+measured/predicted and the selection rerun, a few ``rounds`` at most; the closest plan wins.
+Original and compact are timed interleaved (the same load hits both), so the RATIO is robust
+to other processes on the machine even when absolute times are not.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from passes.channels import ChannelAnalysis, Group
+from passes.count import Axis, LayerAxes
+from passes.errors import DCPError
+from passes.rewrite import rewrite
+from passes.select import CostModel, floor_width
+
+from .latency import (ORT_PROVIDER, _cuda, _torch_fn, check_backend, grid, measure_tables, ort_session_fn,
+                      runner, time_fn, unit_spec)
+
+Choose = Callable[[CostModel, float], dict]  # (cost model, budget) -> keep plan
+
+
+def axis_grid(axis: Axis | None, channels: int, floors: Mapping[int, int], sizes: Mapping[int, int],
+              points: int, round_to: int) -> list[int]:
+    """Grid widths for one axis: from its narrowest reachable width to full."""
+    if axis is None or not axis.shares:
+        return [channels]
+    lo = axis.fixed + sum(n * floors[g] / sizes[g] for g, n in axis.shares)
+    return grid(lo, channels, points, round_to)
+
+
+def latency_model(gm: fx.GraphModule, groups: Sequence[Group], layers: Sequence[LayerAxes], backend: str,
+                  round_to: int = 1, min_channels: int = 1, max_ratio: float = 0.9, grid_points: int = 5,
+                  cache=None, timer=None) -> tuple[CostModel, list, dict]:
+    """The measured per-layer latency model as a ``CostModel`` (ms), its tables and build stats."""
+    sizes = {g.id: g.size for g in groups}
+    floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups}
+    specs = [unit_spec(gm, layer) for layer in layers]
+    grids = [(axis_grid(l.inputs, s.channels[0], floors, sizes, grid_points, round_to),
+              axis_grid(l.outputs, s.channels[1], floors, sizes, grid_points, round_to)) for l, s in zip(layers, specs)]
+    tables, stats = measure_tables(specs, grids, backend, cache, timer=timer)
+
+    def layer_ms(i, w_in, w_out):  # axis widths -> the unit's channels (an untracked axis is 1 wide)
+        (c_in, c_out), layer = specs[i].channels, layers[i]
+        return tables[i](None if w_in is None else w_in * c_in / max(layer.inputs.size, 1),
+                         w_out * c_out / max(layer.outputs.size, 1))
+    return CostModel(layers, layer_ms, sizes), tables, stats
+
+
+def measure_models(models: Mapping[str, nn.Module], x: torch.Tensor, backend: str, repeats: int = 5
+                   ) -> dict[str, float]:
+    """Median ms of each whole model on the backend, timed round-robin (ORT: on the exported
+    graph; ``trt``: the unpool-lowered one)."""
+    from .onnx_export import export_onnx
+    cuda = _cuda(backend)
+    fns = {}
+    with tempfile.TemporaryDirectory(prefix="dcp-latency-") as tmp:
+        for name, model in models.items():
+            if backend in ORT_PROVIDER:
+                path = Path(tmp) / f"{name}.onnx"
+                export_onnx(model, path, x, dynamic=False, check=False, lower_unpool=backend == "trt")
+                fns[name] = ort_session_fn(str(path), x, backend)
+            else:
+                fns[name] = _torch_fn(copy.deepcopy(model), x, backend)
+        for fn in fns.values():  # warm-up
+            time_fn(fn, cuda, repeats=1)
+        runs = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                runs[k].append(time_fn(fn, cuda, repeats=1))
+    return {k: statistics.median(v) for k, v in runs.items()}
+
+
+def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group], layers: Sequence[LayerAxes],
+                example: torch.Tensor, target: float, choose: Choose, backend: str = "torch-cpu",
+                round_to: int = 1, min_channels: int = 1, max_ratio: float = 0.9, grid_points: int = 5,
+                cache=None, rounds: int = 3, tolerance: float = 0.05, repeats: int = 5,
+                timer=None, measure=None) -> tuple[dict, dict]:
+    """The keep plan whose compact model measures closest to ``target`` x the original's latency,
+    and a report (tables, rounds, per-layer predicted vs measured). ``timer(module, x)`` and
+    ``measure({name: model})`` replace the backend's clocks (tests)."""
+    if not 0 < target <= 1:
+        raise DCPError(f"target_latency must be a fraction in (0, 1], got {target}")
+    check_backend(backend)
+    cost, tables, stats = latency_model(gm, groups, layers, backend, round_to, min_channels, max_ratio,
+                                        grid_points, cache, timer)
+    measure = measure or (lambda models: measure_models(models, example, backend, repeats))
+    full = cost.total({})
+    budget, tried, best = target * full, [], None
+    for _ in range(rounds):
+        keep = choose(cost, budget)
+        kept = {gid: len(k) for gid, k in keep.items()}
+        predicted = cost.total(kept) / full
+        compact, _ = rewrite(ctx, groups, keep)
+        ms = measure({"original": gm, "compact": compact})
+        measured = ms["compact"] / ms["original"]
+        tried.append({"budget_ms": budget, "predicted_ratio": predicted, "measured_ratio": measured,
+                      "original_ms": ms["original"], "compact_ms": ms["compact"]})
+        if best is None or abs(measured - target) < abs(best[1] - target):
+            best = (keep, measured, predicted, ms)
+        if abs(measured - target) <= tolerance * target:
+            break
+        new_budget = budget * target / measured  # measured/predicted scales the model's ms
+        if len(tried) > 1 and abs(new_budget - budget) < 1e-9 * full:
+            break
+        budget = new_budget
+    keep, measured, predicted, ms = best
+    report = {"backend": backend, "target": target, "measured_ratio": measured, "predicted_ratio": predicted,
+              "original_ms": ms["original"], "compact_ms": ms["compact"], "rounds": tried, "table": stats,
+              "layers": _per_layer(cost, tables, keep, backend, timer, full, ms["original"])}
+    return keep, report
+
+
+def _per_layer(cost: CostModel, tables, keep: dict, backend: str, timer, full: float, original_ms: float) -> list:
+    """Per layer: full-width and predicted (interpolated) ms, and the unit re-timed at the plan's
+    widths; predicted model ms = the original's measured ms x table share."""
+    kept = {gid: len(k) for gid, k in keep.items()}
+    timer = timer or (lambda module, x: time_fn(runner(module, x, backend), _cuda(backend), 3))
+    rows = []
+    for i, (layer, table) in enumerate(zip(cost.layers, tables)):
+        spec = table.spec
+        w_out = int(round(cost.width(layer.outputs, kept) * spec.channels[1] / max(layer.outputs.size, 1)))
+        w_in = spec.channels[0] if layer.inputs is None or not layer.inputs.shares else int(round(
+            cost.width(layer.inputs, kept) * spec.channels[0] / max(layer.inputs.size, 1)))
+        rows.append({"node": layer.node, "width": [w_in, w_out], "full_ms": table(None if layer.inputs is None else
+                                                                                 spec.channels[0], spec.channels[1]),
+                     "predicted_ms": cost.layer(i, kept), "measured_ms": float(timer(*spec.build(w_in, w_out)))})
+    return rows
+
+
+def format_latency(rep: dict) -> str:
+    """The latency part of a compile summary: per layer and in total, predicted vs measured."""
+    lines = [f"latency on {rep['backend']} (target {rep['target']:.0%} of the original's measured latency):",
+             f"  {'layer':<28} {'widths':>10} {'full ms':>9} {'pred ms':>9} {'meas ms':>9}"]
+    for r in rep["layers"]:
+        lines.append(f"  {r['node']:<28} {'x'.join(map(str, r['width'])):>10} {r['full_ms']:9.2f} "
+                     f"{r['predicted_ms']:9.2f} {r['measured_ms']:9.2f}")
+    t = rep["table"]
+    lines += [f"  total: predicted {rep['predicted_ratio'] * rep['original_ms']:.1f} ms "
+              f"({rep['predicted_ratio']:.1%}), measured {rep['compact_ms']:.1f} ms ({rep['measured_ratio']:.1%}) "
+              f"vs original {rep['original_ms']:.1f} ms; {len(rep['rounds'])} round(s)",
+              f"  latency table: {t['measured']} timings measured, {t['cached']} from cache, {t['seconds']:.1f} s"]
+    return "\n".join(lines)
