@@ -6,6 +6,10 @@ root, and ``union`` relabels the smaller set (each id moves at most log2(n) time
 """
 from __future__ import annotations
 
+from typing import Iterable
+
+import numpy as np
+
 
 class UnionFind:
     """
@@ -13,6 +17,8 @@ class UnionFind:
     >>> _ = uf.union(a, c)
     >>> uf.find(c) == uf.find(a), uf.find(b) == uf.find(a)
     (True, False)
+    >>> uf.union_all([b], [a]); uf.roots().tolist()
+    [0, 0, 0]
     """
 
     def __init__(self) -> None:
@@ -45,6 +51,17 @@ class UnionFind:
         big.extend(small)
         del members[rb]
         return ra
+
+    def union_all(self, a: Iterable[int], b: Iterable[int]) -> None:
+        """Unite ``a[k]`` with ``b[k]`` for every k (tying two channel spaces)."""
+        parent, union = self.parent, self.union
+        for x, y in zip(a, b):
+            if parent[x] != parent[y]:
+                union(x, y)
+
+    def roots(self) -> np.ndarray:
+        """Every id's root, as an array indexed by id (for vectorised lookups)."""
+        return np.array(self.parent, dtype=np.int64)
 
     def __getstate__(self) -> tuple:
         return self.parent, self.members

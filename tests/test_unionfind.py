@@ -44,6 +44,12 @@ def test_union_find_matches_a_flood_fill_partition(case):
     assert {frozenset(p) for p in parts.values()} == reference_partition(n, pairs)
     assert all(uf.find(r) == r for r in parts)  # a root is its own root
     assert len(uf) == n
+    assert uf.roots().tolist() == [uf.find(i) for i in range(n)]
+    batched = UnionFind()
+    batched.add(n)
+    batched.union_all([a for a, _ in pairs], [b for _, b in pairs])
+    assert [batched.find(i) == batched.find(j) for i in range(n) for j in range(n)] == \
+        [uf.find(i) == uf.find(j) for i in range(n) for j in range(n)]
 
 
 def test_copies_keep_their_own_state():
