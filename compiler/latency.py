@@ -362,7 +362,7 @@ def grid(lo: float, size: int, points: int, round_to: int) -> list[int]:
     """Up to ``points`` widths from ``lo`` to ``size``, evenly spaced, snapped to ``round_to``.
 
     >>> grid(8, 64, 5, 8)
-    [8, 24, 40, 48, 64]
+    [8, 24, 32, 48, 64]
     """
     lo = max(1, min(size, int(np.ceil(lo))))
     raw = np.linspace(lo, size, points) if points > 1 else np.array([size])
