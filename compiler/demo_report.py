@@ -9,6 +9,7 @@ import torch
 
 import matting
 from matting import metrics
+from matting.atomic import write_figure
 from matting.data import io
 from matting.data.folder import folder_names
 from matting.infer import predict
@@ -56,8 +57,7 @@ def plot_widths(teacher, student, path: Path) -> None:
     ax.legend()
     ax.set_title("per-layer widths (tied layers across an unpool keep the same channels)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write_figure(path, fig, dpi=110)
 
 
 def plot_gammas(sparse, student, path: Path, ratio: float) -> None:
@@ -91,8 +91,7 @@ def plot_gammas(sparse, student, path: Path, ratio: float) -> None:
         ax.set_title(f"{title} BN |gamma| after the pruning stage")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write_figure(path, fig, dpi=110)
 
 
 def plot_latency(rows, path: Path) -> None:
@@ -116,8 +115,7 @@ def plot_grid(folder: Path, scores: dict, path: Path, n: int = 3) -> None:
             if r == 0:
                 ax.set_title(cols[c], fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    write_figure(path, fig, dpi=100)
 
 
 def _latency(rows, model: str, backend: str) -> str:

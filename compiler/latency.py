@@ -329,7 +329,7 @@ class TimingCache:
             return {}
 
     def store(self, spec: UnitSpec, ms: dict[tuple[int, int], float]) -> None:
-        from matting.data.io import write_text  # the project's atomic writer (temp file + rename)
+        from matting.atomic import write_text
         write_text(self._path(spec), json.dumps({"env": self.env, "unit": spec.signature(),
                                                  "ms": {f"{a},{b}": v for (a, b), v in sorted(ms.items())}}))
 

@@ -5,9 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from matting.data.io import write_text
+from matting.sparsity import importance_from_checkpoint
 from passes import DCPError
 
 from ..models import load_model
@@ -64,17 +63,12 @@ def parse_scopes(text: str | None):
 
 
 def importance_arg(spec: str, trust_pickle: bool):
-    """bn/l1/l2, or the |gamma| of every BatchNorm in a (sparse student) checkpoint."""
+    """bn/l1/l2, or the |gamma| of a pruning-stage checkpoint's penalised BNs."""
     if spec in ("bn", "l1", "l2"):
         return spec
     if not Path(spec).exists():
         raise DCPError(f"--importance must be bn, l1, l2 or a checkpoint file; no such file: {spec}")
-    student = load_model(spec, trust_pickle=trust_pickle)
-    scores = {name: m.weight.detach().abs() for name, m in student.named_modules()
-              if isinstance(m, torch.nn.BatchNorm2d) and m.weight is not None}
-    if not scores:
-        raise DCPError(f"{spec} has no BatchNorm layers to read gammas from")
-    return scores
+    return importance_from_checkpoint(spec, trust_pickle=trust_pickle)
 
 
 def run(args: argparse.Namespace) -> int:
