@@ -105,16 +105,11 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
     measure = measure or (lambda models: measure_models(models, example, backend, repeats))
     full = cost.total({})
     budget, tried, best = target * full, [], None
+    floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups if g.prunable}
+    narrowest = cost.total(floors) * (1 + 1e-9)  # the tables' cheapest plan: every group at its floor
     for _ in range(rounds):
-        try:
-            keep = choose(cost, budget)
-        except DCPError as e:  # a correction asked for less than the floors allow: keep the best so far
-            if best is None:
-                floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups if g.prunable}
-                raise DCPError(f"target_latency {target} is out of reach on {backend}: with every group at its "
-                               f"floor the measured tables predict {cost.total(floors) / full:.0%} of the original "
-                               f"(fixed costs dominate at this size; raise max_ratio or the target)") from e
-            break
+        budget = max(budget, narrowest)  # the measurement, not the tables, says if the target is out of reach
+        keep = choose(cost, budget)
         kept = {gid: len(k) for gid, k in keep.items()}
         predicted = cost.total(kept) / full
         compact, _ = rewrite(ctx, groups, keep)
@@ -126,11 +121,15 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
             best = (keep, measured, predicted, ms)
         if abs(measured - target) <= tolerance * target:
             break
-        new_budget = _corrected_budget(tried, target, full)
-        if abs(new_budget - budget) < 1e-9 * full:
+        new_budget = max(_corrected_budget(tried, target, full), narrowest)
+        if abs(new_budget - budget) < 1e-9 * full:  # the same plan again (e.g. at the floors)
             break
         budget = new_budget
     keep, measured, predicted, ms = best
+    if measured > target * (1 + tolerance) and any(r["budget_ms"] <= narrowest for r in tried):
+        raise DCPError(f"target_latency {target} is out of reach on {backend}: the narrowest plan (max_ratio "
+                       f"{max_ratio}) measures {measured:.0%} of the original (fixed costs dominate at this size; "
+                       f"raise max_ratio or the target)")
     report = {"backend": backend, "target": target, "measured_ratio": measured, "predicted_ratio": predicted,
               "original_ms": ms["original"], "compact_ms": ms["compact"], "rounds": tried, "table": stats,
               "layers": _per_layer(cost, tables, keep, backend, timer, full, ms["original"])}

@@ -138,7 +138,8 @@ def test_end_to_end_latency_compile_on_torch_cpu(tmp_path):
     rep = res.report["latency"]
     assert rep["backend"] == "torch-cpu" and 1 <= len(rep["rounds"]) <= 2 and rep["table"]["measured"] > 0
     assert res.report["verify"]["masked_rel"] < 1e-5
-    assert res.report["macs_after"] < res.report["macs_before"]
+    assert res.report["macs_after"] == passes.count(res.module, x)[1]  # how much is pruned depends on timings
+    assert [r["node"] for r in rep["layers"]] == ["_0", "_3", "_6"]
     assert "latency on torch-cpu" in res.summary()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
