@@ -50,7 +50,7 @@ class DemoSettings:
 
 FAST = DemoSettings(width=0.125, n_train=24, n_test=4, size=64, crop=64, teacher_epochs=2, prune_epochs=1,
                     finetune_epochs=1, batch_size=4, bench_sizes=(128,), bench_repeats=3, bench_onnx=False,
-                    latency_grid=3)
+                    latency_grid=3, compile_size=160, target_latency=0.7)
 
 
 # CPU-scale training settings shared by the three stages; the prune stage starts from the

@@ -67,12 +67,21 @@ def _verify_inputs(model: nn.Module, inputs: tuple, max_side: int | None) -> tup
             return full, model(*full)
 
 
-def _budget_select(groups, scores, scopes, **options):
-    """``choose(cost model, budget) -> keep`` for the budget modes (target_macs / target_latency)."""
-    if scopes:
-        raise DCPError("scopes set per-pool ratios; with a budget (target_macs / target_latency) the "
-                       "selection sizes every group itself from normalised scores: drop scopes")
-    return lambda cost, budget: select_budget(groups, scores, cost, budget, **options)
+def _budget_plan(gm, ctx, groups, layers, scores, example, target_macs, target_latency, backend,
+                 options: dict, latency_options: Mapping[str, Any]) -> tuple[dict, dict | None]:
+    """The keep plan for a MAC or a measured-latency budget (``select_budget`` over that cost
+    model), and the latency report (None for MACs)."""
+    def choose(cost, budget):
+        return select_budget(groups, scores, cost, budget, **options)
+
+    if target_latency is not None:
+        from .latency_fit import fit_latency
+        return fit_latency(gm, ctx, groups, layers, example, target_latency, choose, backend, options["round_to"],
+                           options["min_channels"], options["max_ratio"], **latency_options)
+    if not 0 < target_macs <= 1:
+        raise DCPError(f"target_macs must be a fraction in (0, 1], got {target_macs}")
+    macs = CostModel.macs(layers, {g.id: g.size for g in groups})
+    return choose(macs, target_macs * macs.total({})), None
 
 
 def _restore_modes(model: nn.Module, modes: Mapping[str, bool]) -> None:
@@ -121,17 +130,13 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
         normalize = _default_normalize(importance) if normalize == "auto" else normalize
         latency = None
         if target_macs is not None or target_latency is not None:
-            choose = _budget_select(groups, scores, scopes, round_to=round_to,
-                                    min_channels=min_channels, max_ratio=max_ratio, normalize=normalize, widths=widths)
-            if target_latency is not None:
-                from .latency_fit import fit_latency
-                keep, latency = fit_latency(gm, ctx, groups, layers, inputs[0], target_latency, choose, backend,
-                                            round_to, min_channels, max_ratio, **(latency_options or {}))
-            else:
-                if not 0 < target_macs <= 1:
-                    raise DCPError(f"target_macs must be a fraction in (0, 1], got {target_macs}")
-                macs = CostModel.macs(layers, {g.id: g.size for g in groups})
-                keep = choose(macs, target_macs * macs.total({}))
+            if scopes:
+                raise DCPError("scopes set per-pool ratios; with a budget (target_macs / target_latency) the "
+                               "selection sizes every group itself from normalised scores: drop scopes")
+            options = dict(round_to=round_to, min_channels=min_channels, max_ratio=max_ratio, normalize=normalize,
+                           widths=widths)
+            keep, latency = _budget_plan(gm, ctx, groups, layers, scores, inputs[0], target_macs, target_latency,
+                                         backend, options, latency_options or {})
             prunable = [g for g in groups if g.id in keep]
             ratio = 1 - sum(len(keep[g.id]) for g in prunable) / max(sum(g.size for g in prunable), 1)
         else:
