@@ -6,15 +6,14 @@ Layout of ``OUT/``:
 - ``weights.pt``  its state_dict, read with ``torch.load(weights_only=True)``;
 - ``plan.json``   what was kept: widths, kept channel indices per module, the report summary.
 
-Every file is written to a temp name, then renamed; the folder is complete or absent.
+The folder is written whole and swapped in (``matting.atomic.new_folder``): a reader sees the
+old artifact or the complete new one, never a mix.
 """
 from __future__ import annotations
 
 import json
 import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,29 +33,15 @@ def is_artifact(path: str | os.PathLike) -> bool:
 
 def save_module(module: nn.Module, path: str | os.PathLike, plan: dict[str, Any] | None = None) -> Path:
     """Write ``module`` (traced if it is not a GraphModule) and ``plan`` as an artifact folder."""
+    from matting.atomic import new_folder  # here, not at the top: load() must not import matting
     from passes.trace import symbolic_trace
     gm = module if isinstance(module, fx.GraphModule) else symbolic_trace(module)
     spec = graph_to_spec(gm)
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise DCPError(f"{path} exists and is not a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    with new_folder(path) as tmp:
         (tmp / GRAPH).write_text(json.dumps(spec, indent=1))
         torch.save({k: v.detach().cpu() for k, v in gm.state_dict().items()}, tmp / WEIGHTS)
         (tmp / PLAN).write_text(json.dumps(plan or {}, indent=1, default=_jsonable))
-        if path.exists():  # replace the old folder only once the new one is complete
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -14,3 +14,6 @@ from .lower_unpool import lower_unpool, dense_max_unpool2d
 from .fold_bn import fold_bn
 
 __all__ += ["lower_unpool", "dense_max_unpool2d", "fold_bn"]
+from .registry import OpEntry, register_op, lookup
+
+__all__ += ["OpEntry", "register_op", "lookup"]

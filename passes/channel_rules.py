@@ -1,13 +1,12 @@
-"""How each op relates its inputs' channel spaces to its output's: the rule TABLE.
+"""How each op relates its inputs' channel spaces to its output's: the channel RULES.
 
 A rule is ``rule(ctx, node) -> output space`` (an id array, a tuple of them, or None for
-values without channels). The tables at the bottom map module types, functions and tensor
-methods to rules; ``rule_for`` looks a node up. An op that is in no table is ``unknown``:
+values without channels). ``registry.py`` maps module types, functions and tensor methods
+to rules (one row per op, with its slicer and reason). An op in no row is ``unknown``:
 it freezes every channel it touches.
 """
 from __future__ import annotations
 
-import math
 import operator
 
 import numpy as np
@@ -113,7 +112,8 @@ def conv(ctx, node):
         ctx.member(node.target, "depthwise", space_in, node)
         ctx.module_io(node.target, space_in, space_in, "depthwise", node)
         return space_in
-    return unknown_reason(ctx, node, f"is a grouped conv (groups={m.groups}): not pruned")
+    from .grouped_conv import grouped_conv  # groups not 1 and not depthwise: its own module
+    return grouped_conv(ctx, node)
 
 
 def linear(ctx, node):
@@ -176,16 +176,23 @@ def unpool(ctx, node):
 
 def elementwise(ctx, node):
     """add/sub/mul/div with broadcasting: operands carrying the full channel dim are tied; a
-    size-1 channel dim broadcasts (no tie); anything else freezes."""
+    size-1 channel dim broadcasts (no tie); a parameter with one value per channel
+    (``(1, C, 1, 1)``, ``(C, 1, 1)``, or such a view of one) is sliced as a member; anything
+    else freezes."""
+    from .param_rules import attach_channelwise, channelwise_param
     out_shape = ctx.shape(node)
     if out_shape is None or len(out_shape) < 2:
         return unknown_reason(ctx, node, "has no channel dim") if any(ctx.space(a) is not None for a in node.all_input_nodes) else None
     rank, channels = len(out_shape), out_shape[1]
-    result = None
+    result, params = None, []
     for a in _tensor_args(node):
         shape = ctx.shape(a)
         aligned = 1 - (rank - len(shape))  # which dim of `a` broadcasts onto the channel dim
         if aligned < 0 or shape[aligned] == 1:
+            continue
+        found = channelwise_param(ctx, a, channels) if aligned == 0 or ctx.shape(a)[0] == 1 else None
+        if found is not None and found[0] is not node:
+            params.append(found)
             continue
         if aligned != 1 or ctx.space(a) is None or shape[1] != channels:
             return unknown_reason(ctx, node, f"broadcasts a {tuple(shape)} operand over the channel dim")
@@ -193,7 +200,11 @@ def elementwise(ctx, node):
             result = ctx.space(a)
         else:
             ctx.tie(result, ctx.space(a), node)
-    return result if result is not None else ctx.fresh_frozen(channels, f"{node.name}: channels of a broadcast result")
+    if result is None:
+        return ctx.fresh_frozen(channels, f"{node.name}: channels of a broadcast result")
+    for found in params:
+        attach_channelwise(ctx, node, found, result)
+    return result
 
 
 def cat(ctx, node):
@@ -225,49 +236,6 @@ def getitem(ctx, node):
     return unknown_reason(ctx, node, f"indexes the channel dim ({index!r})")
 
 
-def flatten(ctx, node):
-    src = _tensor_args(node)[0]
-    shape, out = ctx.shape(src), ctx.shape(node)
-    start = _arg(node, 1, "start_dim", 0)
-    if start % len(shape) >= 2:
-        return ctx.space(src)
-    if start % len(shape) == 1 and len(out) == 2:
-        return np.repeat(ctx.space(src), math.prod(shape[2:]))
-    return unknown_reason(ctx, node, "flattens the batch and channel dims together")
-
-
-def reshape(ctx, node):
-    """view/reshape: safe when it keeps (N, C, ...) or flattens from dim 1 AND the channel
-    count is not a literal in the call (a literal would not follow the pruning)."""
-    src = node.args[0]
-    shape, out = ctx.shape(src), ctx.shape(node)
-    sizes = node.args[1:] if len(node.args) > 2 or not isinstance(_arg(node, 1, "shape"), (tuple, list)) \
-        else tuple(_arg(node, 1, "shape"))
-    if len(sizes) > 1 and isinstance(sizes[1], int) and sizes[1] != -1:
-        return unknown_reason(ctx, node, f"has the channel count {sizes[1]} as a literal: it would not follow pruning")
-    if shape and out and len(out) >= 2 and out[0] == shape[0]:
-        if out[1] == shape[1] and math.prod(out[2:]) == math.prod(shape[2:]):
-            return ctx.space(src)
-        if len(out) == 2 and out[1] == math.prod(shape[1:]):
-            return np.repeat(ctx.space(src), math.prod(shape[2:]))
-    return unknown_reason(ctx, node, f"reshapes {shape} -> {out} in a way that moves channels")
-
-
-def permute(ctx, node):
-    dims = node.args[1:] if not isinstance(node.args[1], (tuple, list)) else tuple(node.args[1])
-    if len(dims) >= 2 and dims[0] == 0 and dims[1] == 1:
-        return ctx.space(node.args[0])
-    return unknown_reason(ctx, node, "moves the channel dim")
-
-
-def transpose(ctx, node):
-    d0, d1 = (_arg(node, 1, "dim0"), _arg(node, 2, "dim1"))
-    rank = len(ctx.shape(node))
-    if {d0 % rank, d1 % rank}.isdisjoint({0, 1}):
-        return ctx.space(node.args[0])
-    return unknown_reason(ctx, node, "moves the channel dim")
-
-
 def reduce(ctx, node):
     dims = _arg(node, 1, "dim")
     shape = ctx.shape(node.args[0])
@@ -277,89 +245,30 @@ def reduce(ctx, node):
     return same_if_shape_keeps_channels(ctx, node)
 
 
-def split(ctx, node):
-    """split/chunk: along a spatial dim every piece keeps the channels; along the channel dim
-    the piece sizes are literals the rewrite does not update, so the channels freeze."""
-    src = node.args[0]
-    dim = _arg(node, 2, "dim", 0)
-    rank = len(ctx.shape(src))
-    pieces = node.meta.get("tensor_meta")
-    if dim % rank != 1:
-        return tuple(ctx.space(src) for _ in pieces)
-    return unknown_reason(ctx, node, "splits the channel dim into pieces of literal sizes")
-
-
 def get_attr(ctx, node):
     c = _out_channels(ctx, node)
     return ctx.fresh_frozen(c, f"{node.name}: a constant tensor in the graph") if c else None
 
 
-# --- the tables ------------------------------------------------------------------
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
-               nn.Sigmoid, nn.Tanh, nn.ELU, nn.Mish, nn.Softplus, nn.Hardtanh)
-PASS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                nn.AdaptiveMaxPool2d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-                nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.Dropout1d)
-
-MODULE_RULES: dict[type, callable] = {
-    **{t: same for t in ACTIVATIONS + PASS_MODULES},
-    nn.Conv1d: conv, nn.Conv2d: conv, nn.ConvTranspose1d: conv, nn.ConvTranspose2d: conv,
-    nn.Linear: linear, nn.PReLU: prelu, nn.LayerNorm: layer_norm,
-    nn.BatchNorm1d: norm, nn.BatchNorm2d: norm, nn.InstanceNorm1d: norm, nn.InstanceNorm2d: norm, nn.GroupNorm: norm,
-    nn.MaxPool1d: max_pool, nn.MaxPool2d: max_pool, nn.MaxUnpool1d: unpool, nn.MaxUnpool2d: unpool,
-    nn.Flatten: flatten,
-}
-
-FUNCTION_RULES: dict[object, callable] = {
-    **{f: same for f in (F.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.hardsigmoid,
-                         F.hardtanh, F.elu, torch.relu, torch.sigmoid, torch.tanh, F.dropout, F.dropout2d,
-                         F.interpolate, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-                         torch.nn.functional.sigmoid, torch.clamp, operator.neg, operator.pos, F.pad)},
-    F.max_pool2d: max_pool, F.max_unpool2d: unpool,
-    **{f: elementwise for f in (operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
-                                operator.imul, torch.add, torch.sub, torch.mul, torch.div)},
-    torch.cat: cat, torch.concat: cat, operator.getitem: getitem, torch.flatten: flatten,
-    torch.reshape: reshape, torch.permute: permute, torch.transpose: transpose,
-    torch.mean: reduce, torch.sum: reduce, torch.amax: reduce,
-    torch.squeeze: same_if_shape_keeps_channels, torch.unsqueeze: same_if_shape_keeps_channels,
-    getattr: no_channels, len: no_channels, torch.split: split, torch.chunk: split,
-}
-
-# Functions of optional libraries, keyed by qualified name so passes need not import them.
-NAMED_FUNCTION_RULES: dict[str, callable] = {
-    "torchvision.ops.stochastic_depth.stochastic_depth": same,  # scales whole samples
-}
-
-METHOD_RULES: dict[str, callable] = {
-    **{m: same for m in ("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "detach", "float",
-                         "half", "to", "type_as", "clamp", "clamp_", "hardtanh_", "neg")},
-    **{m: no_channels for m in ("size", "dim", "numel", "ndimension")},
-    **{m: elementwise for m in ("add", "add_", "sub", "mul", "mul_", "div", "div_")},
-    "view": reshape, "reshape": reshape, "flatten": flatten, "permute": permute, "transpose": transpose,
-    "mean": reduce, "sum": reduce, "amax": reduce,
-    "squeeze": same_if_shape_keeps_channels, "unsqueeze": same_if_shape_keeps_channels,
-    "split": split, "chunk": split,
-}
-
-NAMED_MODULE_RULES: dict[str, callable] = {
-    "torchvision.ops.stochastic_depth.StochasticDepth": same,
-}
-
-
-def rule_for(gm: fx.GraphModule, node: fx.Node):
-    if node.op == "placeholder":
-        return placeholder
-    if node.op == "output":
-        return output
-    if node.op == "get_attr":
-        return get_attr
-    if node.op == "call_module":
-        cls = type(gm.get_submodule(node.target))
-        return MODULE_RULES.get(cls) or NAMED_MODULE_RULES.get(f"{cls.__module__}.{cls.__qualname__}", unknown)
-    if node.op == "call_function":
-        fn = node.target
-        return FUNCTION_RULES.get(fn) or NAMED_FUNCTION_RULES.get(
-            f"{getattr(fn, '__module__', '')}.{getattr(fn, '__name__', '')}", unknown)
-    if node.op == "call_method":
-        return METHOD_RULES.get(node.target, unknown)
-    return unknown
+def pad(ctx, node):
+    """F.pad: pads of the spatial dims keep the channels. Padding the channel dim (``pad`` long
+    enough to reach dim 1) adds fresh channels that are FIXED (frozen) around the input's,
+    which pass through: the pad widths count new channels, so no literal needs rewriting.
+    Negative pads crop, and a pad of the batch dim moves samples: those freeze."""
+    src, widths = _arg(node, 0, "input"), _arg(node, 1, "pad")
+    shape, space = ctx.shape(src), ctx.space(src)
+    if space is None or shape is None:
+        return same(ctx, node)
+    first = 2 * (len(shape) - 2)  # index in `pad` of the channel dim's (before, after) pair
+    if len(widths) <= first:
+        return space
+    before, after = widths[first], widths[first + 1] if len(widths) > first + 1 else 0
+    if len(widths) > first + 2 or not all(isinstance(w, int) and w >= 0 for w in (before, after)):
+        return unknown_reason(ctx, node, f"pads the channel or batch dim with {tuple(widths)}: only "
+                                         f"non-negative channel pads are proven")
+    reason = f"{node.name}: channels padded in by F.pad are fixed"
+    parts = [ctx.fresh_frozen(before, reason)] if before else []
+    parts.append(space)
+    if after:
+        parts.append(ctx.fresh_frozen(after, reason))
+    return np.concatenate(parts)

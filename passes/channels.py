@@ -1,7 +1,7 @@
 """Channel dependency analysis: which channel spaces of a traced graph must shrink together.
 
 Every tensor value's channel dimension (dim 1) is a *space*: an array holding, per channel
-position, the id of that channel's identity. The op rules (``channel_rules.py``, a table)
+position, the id of that channel's identity. The op rules (``channel_rules.py``, one row per op in ``registry.py``)
 say how an op's output space relates to its inputs': a conv makes fresh ids, BN/ReLU/pool
 pass ids through, ``a + b`` and pool-indices -> unpool UNITE ids element-wise (same channel
 identity: the same indices must be kept), ``cat`` concatenates, ``flatten`` repeats.
@@ -36,12 +36,15 @@ class Member:
     """A module whose parameters follow a group: ``positions`` of its channel axis belong to the
     group, as group channels ``channels`` (same length). ``kind``: producer (output channels),
     consumer (input channels), norm (per-channel affine/statistics), depthwise (in == out),
-    channelwise (other per-channel parameters, e.g. PReLU)."""
+    channelwise (other per-channel parameters, e.g. PReLU). A member with an ``axis`` is a
+    parameter or buffer used directly in the graph (``F.conv2d(x, self.w)``, ``x * self.scale``):
+    ``module`` is then its attribute path and ``axis`` the tensor dim that follows the group."""
     module: str
     kind: str
     positions: np.ndarray
     channels: np.ndarray
     node: str = ""
+    axis: int | None = None
 
 
 @dataclass
@@ -77,8 +80,15 @@ class ChannelAnalysis:
         self.allocations: list[range] = []       # ids created together (one atomic space)
         self.frozen: dict[int, str] = {}        # id -> reason (first one wins)
         self.modules: dict[str, ModuleChannels] = {}
-        self.member_records: list[tuple[str, str, Space, str]] = []
+        self.member_records: list[tuple[str, str, Space, str, int | None]] = []
         self.spaces: dict[fx.Node, Any] = {}
+        self.channel_axis: dict[fx.Node, int] = {}  # nodes whose space does not start at dim 1 / is n-D
+        # parameters/buffers used directly (get_attr): target -> {dim: ids}, and the dim of
+        # each whose kept positions are reported as its "output" channels
+        self.params: dict[str, dict[int, Space]] = {}
+        self.param_output_dim: dict[str, int] = {}
+        self.param_uses: set[tuple[fx.Node, fx.Node]] = set()  # (user, used) edges a rule claimed
+        self.param_chain: set[fx.Node] = set()   # nodes computed from a parameter inside a claim
 
     # --- identity bookkeeping -------------------------------------------------
     def fresh(self, n: int) -> Space:
@@ -125,8 +135,20 @@ class ChannelAnalysis:
             if old is not None and new is not None:
                 self.tie(old, new, node)
 
-    def member(self, module: str, kind: str, ids: Space, node: fx.Node) -> None:
-        self.member_records.append((module, kind, ids, node.name))
+    def member(self, module: str, kind: str, ids: Space, node: fx.Node, axis: int | None = None) -> None:
+        self.member_records.append((module, kind, ids, node.name, axis))
+
+    def param_axis(self, attr: fx.Node, dim: int, ids: Space, user: fx.Node, output: bool = False) -> None:
+        """Dim ``dim`` of the parameter ``attr`` (a get_attr node) follows ``ids``; ``user`` reads
+        it. One parameter has ONE identity per dim, however many ops read it."""
+        dims = self.params.setdefault(attr.target, {})
+        if dim in dims:
+            self.tie(dims[dim], ids, user)
+        else:
+            dims[dim] = ids
+        if output:
+            self.param_output_dim.setdefault(attr.target, dim)
+        self.param_uses.add((user, attr))
 
 
 def flat_spaces(value: Any) -> list[Space]:
@@ -141,14 +163,34 @@ def flat_spaces(value: Any) -> list[Space]:
 
 def analyse(gm: fx.GraphModule) -> ChannelAnalysis:
     """Walk the graph once, applying each node's rule. Needs ``passes.trace`` metadata."""
-    from .channel_rules import rule_for
+    from .registry import lookup
+    from .channels_last import guarded  # rules for dim 1 never see channels moved elsewhere
     ctx = ChannelAnalysis(gm)
     for node in gm.graph.nodes:
         if node.op != "output" and "tensor_meta" not in node.meta and "type" not in node.meta:
             raise ValueError(f"node '{node.name}' has no shape metadata: trace the model with passes.trace first")
-        rule: Callable = rule_for(gm, node)
-        ctx.spaces[node] = rule(ctx, node)
+        rule: Callable = lookup(gm, node).rule
+        ctx.spaces[node] = rule(ctx, node) if not ctx.channel_axis else guarded(ctx, node, rule)
+    _freeze_unclaimed_parameter_uses(ctx)
     return ctx
+
+
+def _freeze_unclaimed_parameter_uses(ctx: ChannelAnalysis) -> None:
+    """A sliced parameter changes EVERY read of it: if any read is not one a rule proved
+    (e.g. ``self.w.sum()`` next to ``F.conv2d(x, self.w)``), its channels freeze."""
+    attrs = [n for n in ctx.gm.graph.nodes if n.op == "get_attr" and n.target in ctx.params]
+    for attr in attrs:
+        todo, seen = [attr], set()
+        while todo:
+            v = todo.pop()
+            for user in v.users:
+                if (user, v) not in ctx.param_uses:
+                    for ids in ctx.params[attr.target].values():
+                        ctx.freeze(ids, f"{user.name}: also reads the parameter '{attr.target}' in a way "
+                                        f"no rule proves")
+                elif user in ctx.param_chain and user not in seen:
+                    seen.add(user)
+                    todo.append(user)
 
 
 def channel_groups(gm: fx.GraphModule) -> list[Group]:
@@ -188,13 +230,13 @@ def build_groups(ctx: ChannelAnalysis) -> list[Group]:
     for i, reason in ctx.frozen.items():
         g = groups[group_of_root[grouping.find(uf.find(i))]]
         g.frozen = g.frozen or reason
-    for module, kind, ids, node in ctx.member_records:
+    for module, kind, ids, node, axis in ctx.member_records:
         roots = np.array([uf.find(i) for i in ids.tolist()], dtype=np.int64)
         gids = np.array([group_of_root[grouping.find(r)] for r in roots.tolist()], dtype=np.int64)
         for gid in np.unique(gids).tolist():
             pos = np.nonzero(gids == gid)[0]
             chans = np.array([channel_of_root[r] for r in roots[pos].tolist()], dtype=np.int64)
-            groups[gid].members.append(Member(module, kind, pos, chans, node))
+            groups[gid].members.append(Member(module, kind, pos, chans, node, axis))
     for g in groups:
         if g.frozen is None and not any(m.kind == "producer" for m in g.members):
             g.frozen = "no producer layer (its channels come from the input or a constant)"

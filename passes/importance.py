@@ -1,7 +1,8 @@
 """Per-channel importance scores for each prunable group.
 
-Sources: ``"bn"`` (|gamma| of the group's norm layers; groups without one fall back to
-``"l1"``), ``"l1"`` / ``"l2"`` (norm of each producer's output-channel weights), or a map
+Sources: ``"bn"`` (|gamma| of the group's norm layers or ``F.batch_norm`` weights; groups
+without one fall back to ``"l1"``), ``"l1"`` / ``"l2"`` (norm of each producer's
+output-channel weights, module or ``F.conv2d``/``F.linear`` parameter), or a map
 ``{module name: Tensor[C]}`` of scores over a module's OUTPUT channels (e.g. the sparse
 student's gammas). A group's channel score aggregates its members' scores: ``mean``
 (default: groups tied across an unpool have two norms, and must not look twice as
@@ -37,13 +38,27 @@ def _weight_norm(module: nn.Module, p: int) -> torch.Tensor:
     return w.flatten(1).norm(p=p, dim=1)
 
 
+def _param_scores(model: nn.Module, member: Member, source) -> torch.Tensor | None:
+    """A parameter used directly in the graph: ``F.batch_norm``'s weight is a "bn" source,
+    an ``F.conv2d``/``F.linear`` weight an "l1"/"l2" one (norm over its other dims)."""
+    owner, _, name = member.module.rpartition(".")
+    t = getattr(model.get_submodule(owner), name).detach().float().movedim(member.axis, 0)
+    if source == "bn" and member.kind == "norm":
+        return t.abs().cpu()
+    if source in ("l1", "l2") and member.kind == "producer":
+        return t.flatten(1).norm(p=1 if source == "l1" else 2, dim=1).cpu()
+    return None
+
+
 def _member_scores(model: nn.Module, member: Member, source) -> torch.Tensor | None:
     """Scores over the member's channel positions, or None if this source says nothing about it."""
-    module = model.get_submodule(member.module)
     if isinstance(source, Mapping):
         if member.kind in OUTPUT_KINDS and member.module in source:
             return torch.as_tensor(source[member.module]).detach().float().abs().cpu()
         return None
+    if member.axis is not None:
+        return _param_scores(model, member, source)
+    module = model.get_submodule(member.module)
     if source == "bn":
         if member.kind == "norm" and getattr(module, "weight", None) is not None:
             return module.weight.detach().float().abs().cpu()

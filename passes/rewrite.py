@@ -11,14 +11,16 @@ weights, biases and statistics sliced exactly; node and module names are unchang
 """
 from __future__ import annotations
 
-import copy
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import fx, nn
 
 from .channels import ChannelAnalysis, Group, Space
+from .errors import DCPError
+from .registry import lookup, lookup_module
+from .slicers import take
 
 
 class KeepMap:
@@ -42,84 +44,10 @@ class KeepMap:
         return None if mask.all() else np.nonzero(mask)[0]
 
 
-def _shallow(module: nn.Module) -> nn.Module:
-    """A copy that shares nothing mutable with the original but its (unchanged) tensors."""
-    new = copy.copy(module)
-    new._parameters = dict(module._parameters)
-    new._buffers = dict(module._buffers)
-    new._modules = dict(module._modules)
-    return new
-
-
-def _take(t: torch.Tensor | None, idx: np.ndarray | None, dim: int) -> torch.Tensor | None:
-    if t is None or idx is None:
-        return t
-    return t.detach().index_select(dim, torch.as_tensor(idx, device=t.device))  # a new tensor
-
-
-def _set(module: nn.Module, name: str, value: torch.Tensor | None) -> None:
-    if value is None:
-        return
-    if name in module._parameters:
-        module._parameters[name] = nn.Parameter(value, requires_grad=module._parameters[name].requires_grad)
-    else:
-        module._buffers[name] = value
-
-
-def _slice_conv(m, keep_in, keep_out):
-    new = _shallow(m)
-    transposed = isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
-    out_dim, in_dim = (1, 0) if transposed else (0, 1)
-    if m.groups > 1:  # depthwise: one axis, the weight's output dim
-        keep_in = None
-        new.groups = new.in_channels = new.out_channels = len(keep_out) if keep_out is not None else m.out_channels
-    w = _take(_take(m.weight, keep_out, out_dim), keep_in, in_dim)
-    _set(new, "weight", w)
-    _set(new, "bias", _take(m.bias, keep_out, 0))
-    if m.groups == 1:
-        new.out_channels, new.in_channels = (w.shape[1], w.shape[0]) if transposed else (w.shape[0], w.shape[1])
-    return new
-
-
-def _slice_linear(m, keep_in, keep_out):
-    new = _shallow(m)
-    _set(new, "weight", _take(_take(m.weight, keep_out, 0), keep_in, 1))
-    _set(new, "bias", _take(m.bias, keep_out, 0))
-    new.out_features, new.in_features = new.weight.shape
-    return new
-
-
-def _slice_norm(m, keep_in, keep_out):
-    new = _shallow(m)
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        _set(new, name, _take(getattr(m, name, None), keep_out, 0))
-    n = len(keep_out)
-    if isinstance(m, nn.GroupNorm):
-        new.num_groups = new.num_channels = n
-    else:
-        new.num_features = n
-    return new
-
-
-def _slice_channelwise(m, keep_in, keep_out):
-    new = _shallow(m)
-    _set(new, "weight", _take(m.weight, keep_out, 0))
-    new.num_parameters = len(keep_out)
-    return new
-
-
-SLICERS: dict[type, Callable] = {
-    nn.Conv1d: _slice_conv, nn.Conv2d: _slice_conv, nn.Conv3d: _slice_conv,
-    nn.ConvTranspose1d: _slice_conv, nn.ConvTranspose2d: _slice_conv, nn.Linear: _slice_linear,
-    nn.BatchNorm1d: _slice_norm, nn.BatchNorm2d: _slice_norm, nn.InstanceNorm1d: _slice_norm,
-    nn.InstanceNorm2d: _slice_norm, nn.GroupNorm: _slice_norm, nn.PReLU: _slice_channelwise,
-}
-
-
 def rewrite(ctx: ChannelAnalysis, groups: Sequence[Group], keep: Mapping[int, Sequence[int]]
             ) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
-    """The compact GraphModule and ``{module name: kept output-channel indices}`` of every
-    module whose output channels changed."""
+    """The compact GraphModule and ``{module or parameter name: kept output-channel indices}``
+    of every module (and parameter used directly in the graph) whose output channels changed."""
     gm, keep_map = ctx.gm, KeepMap(ctx, groups, keep)
     modules: dict[str, nn.Module] = {}
     kept: dict[str, torch.Tensor] = {}
@@ -128,17 +56,43 @@ def rewrite(ctx: ChannelAnalysis, groups: Sequence[Group], keep: Mapping[int, Se
         if keep_in is None and keep_out is None:
             continue
         m = gm.get_submodule(name)
-        modules[name] = SLICERS[type(m)](m, keep_in, keep_out)
+        slicer = lookup_module(m).slicer
+        if slicer is None:
+            raise DCPError(f"module '{name}' ({type(m).__name__}) is a pruned member but its registry row "
+                           f"has no slicer")
+        modules[name] = slicer(m, keep_in, keep_out)
         if keep_out is not None:
             kept[name] = torch.as_tensor(keep_out, dtype=torch.long)
-    root = {n.target: modules.get(n.target) or _fetch(gm, n.target)
+    params = _sliced_params(ctx, keep_map, kept)
+    replaced = {**modules, **params}
+    root = {n.target: replaced[n.target] if n.target in replaced else _fetch(gm, n.target)
             for n in gm.graph.nodes if n.op in ("call_module", "get_attr")}
     graph = fx.Graph()
-    out = graph.graph_copy(gm.graph, {})
-    graph.output(out)
+    copies: dict[fx.Node, fx.Node] = {}
+    graph.output(graph.graph_copy(gm.graph, copies))
+    _rewrite_args(gm, keep_map, copies)
     compact = fx.GraphModule(root, graph, class_name=gm.__class__.__name__)
     compact.train(gm.training)
     return compact, kept
+
+
+def _sliced_params(ctx: ChannelAnalysis, keep_map: KeepMap, kept: dict) -> dict[str, torch.Tensor]:
+    """Sliced copies of the parameters/buffers used directly in the graph (get_attr members);
+    records their kept output positions in ``kept``."""
+    out = {}
+    for target, dims in ctx.params.items():
+        keeps = {dim: keep_map.kept_positions(ids) for dim, ids in dims.items()}
+        if all(k is None for k in keeps.values()):
+            continue
+        original = _fetch(ctx.gm, target)
+        t = original
+        for dim, k in keeps.items():
+            t = take(t, k, dim)
+        out[target] = nn.Parameter(t, requires_grad=original.requires_grad) if isinstance(original, nn.Parameter) else t
+        k_out = keeps.get(ctx.param_output_dim.get(target))
+        if k_out is not None:
+            kept[target] = torch.as_tensor(k_out, dtype=torch.long)
+    return out
 
 
 def _fetch(gm: fx.GraphModule, target: str):
@@ -146,3 +100,17 @@ def _fetch(gm: fx.GraphModule, target: str):
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _rewrite_args(gm: fx.GraphModule, keep_map: KeepMap, copies: Mapping[fx.Node, fx.Node]) -> None:
+    """Let each row with a ``rewrite_args`` hook update literal channel counts in its call."""
+    for node in gm.graph.nodes:
+        hook = lookup(gm, node).rewrite_args
+        if hook is None:
+            continue
+        new = hook(node, keep_map)
+        if new is not None:
+            args, kwargs = fx.map_arg(tuple(new[0]), copies.__getitem__), fx.map_arg(dict(new[1]), copies.__getitem__)
+            copies[node].args, copies[node].kwargs = args, kwargs
+            if len(new) == 3:  # (args, kwargs, target): e.g. a chunk that became a split
+                copies[node].target = new[2]
