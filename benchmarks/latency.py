@@ -4,9 +4,10 @@
     .venv/bin/python benchmarks/latency.py                         # CPU: 320 640 1024, torch + ORT
     .venv/bin/python benchmarks/latency.py --ratio 0.3 --sizes 1024  # GPU: students at ~half the MACs
 
-Students come from ``compiler.compile(teacher, x, ratio, round_to)`` (random BN scores) when it works; otherwise
-from a width-scaled DIM (width 1 - ratio, widths rounded to multiples of round_to), the
-uniform-pruning baseline. The output says which. Writes benchmarks/results/latency_<device>.{json,md,png}.
+Students come from ``compiler.compile(teacher, x, ratio, round_to)`` (random BN scores); if the
+compiler fails, the benchmark fails. ``--uniform`` adds width-scaled DIMs (width 1 - ratio,
+widths rounded to multiples of round_to), the uniform-pruning baseline, as extra rows.
+Writes benchmarks/results/latency_<device>.{json,md,png}.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import compiler  # noqa: E402
 import matting  # noqa: E402
 from compiler import bench  # noqa: E402
 
@@ -39,19 +41,13 @@ def random_scores(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tens
 
 
 def students(teacher: torch.nn.Module, ratio: float, size: int, round_tos=(1, 8)) -> tuple[dict, str]:
-    """``({name: module}, how)``: compiled students if ``compiler.compile`` works, else width-scaled DIMs."""
-    try:
-        from compiler.pipeline import compile as dcp_compile
-        x = torch.zeros(1, 4, size, size)
-        scores = random_scores(teacher)
-        out = {f"compiled r={ratio} round_to={r}":
-               dcp_compile(teacher, x, ratio=ratio, round_to=r, importance=scores).module.eval()
-               for r in round_tos}
-        return out, f"compiler.compile(ratio={ratio}, round_to=1|8, importance=random BN scores)"
-    except Exception as e:  # not written yet, or failing: the uniform baseline still measures the runtime
-        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    out = {f"width {1 - ratio:.2f} round_to={r}": width_scaled(ratio, r).eval() for r in round_tos}
-    return out, f"fallback: width-scaled DIM (width {1 - ratio:.2f}); compiler.compile unavailable ({why})"
+    """``({name: compiled student}, how they were made)``; a compiler error propagates."""
+    x = torch.zeros(1, 4, size, size)
+    scores = random_scores(teacher)
+    out = {f"compiled r={ratio} round_to={r}":
+           compiler.compile(teacher, x, ratio=ratio, round_to=r, importance=scores).module.eval()
+           for r in round_tos}
+    return out, f"compiler.compile(ratio={ratio}, round_to={'|'.join(map(str, round_tos))}, importance=random BN scores)"
 
 
 def main(argv=None) -> int:
@@ -73,19 +69,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sizes = args.sizes or ([320] if args.quick else [320, 640, 1024] + ([2048] if gpu else []))
-    backends = args.backends or bench.default_backends("cuda" if gpu else "cpu")
-    if args.no_onnx:
-        backends = [b for b in backends if not b.startswith("ort")]
-    repeats = args.repeats or (3 if args.quick else 20 if gpu else 5)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5 if gpu else 2)
+    sizes, backends, repeats, warmup = bench.run_settings(gpu, args.quick, args.sizes, args.backends, args.repeats,
+                                                          args.warmup, onnx=not args.no_onnx)
 
     torch.manual_seed(0)
     teacher = matting.dim().eval()
     studs, how = students(teacher, args.ratio, min(sizes), tuple(args.round_to))
     print(f"students: {how}", flush=True)
     models = {"teacher": teacher, **studs}
-    if args.uniform and not how.startswith("fallback"):
+    if args.uniform:
         models.update({f"width {1 - args.ratio:.2f} round_to={r}": width_scaled(args.ratio, r).eval()
                        for r in args.round_to})
     rows = bench.run(models, sizes, backends, repeats=repeats, warmup=warmup, compile_sizes=args.compile_sizes)

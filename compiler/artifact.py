@@ -6,14 +6,14 @@ Layout of ``OUT/``:
 - ``weights.pt``  its state_dict, read with ``torch.load(weights_only=True)``;
 - ``plan.json``   what was kept: widths, kept channel indices per module, the report summary.
 
-Every file is written to a temp name, then renamed; the folder is complete or absent.
+The folder is written whole and swapped in (``matting.atomic.new_folder``): a reader sees the
+old artifact or the complete new one, never a mix.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -33,42 +33,33 @@ def is_artifact(path: str | os.PathLike) -> bool:
 
 def save_module(module: nn.Module, path: str | os.PathLike, plan: dict[str, Any] | None = None) -> Path:
     """Write ``module`` (traced if it is not a GraphModule) and ``plan`` as an artifact folder."""
+    from matting.atomic import new_folder  # here, not at the top: load() must not import matting
     from passes.trace import symbolic_trace
     gm = module if isinstance(module, fx.GraphModule) else symbolic_trace(module)
     spec = graph_to_spec(gm)
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise DCPError(f"{path} exists and is not a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    with new_folder(path) as tmp:
         (tmp / GRAPH).write_text(json.dumps(spec, indent=1))
         torch.save({k: v.detach().cpu() for k, v in gm.state_dict().items()}, tmp / WEIGHTS)
         (tmp / PLAN).write_text(json.dumps(plan or {}, indent=1, default=_jsonable))
-        if path.exists():  # replace the old folder only once the new one is complete
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
 def load(path: str | os.PathLike) -> fx.GraphModule:
-    """The compiled model as a trainable GraphModule in eval mode (no pickled code is loaded)."""
+    """The compiled model as a trainable GraphModule in eval mode. Nothing in the folder runs:
+    the graph is checked against allow-lists before it is built (``graph_io.spec_to_graph``),
+    tensors are read with ``weights_only=True``; a bad file is a DCPError."""
     path = Path(path)
     if not is_artifact(path):
         raise DCPError(f"{path} is not a dcp artifact (no {GRAPH})")
     try:
         spec = json.loads((path / GRAPH).read_text())
         state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
         raise DCPError(f"cannot read artifact {path}: {str(e).splitlines()[0]}") from e
+    if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in state.items())):
+        raise DCPError(f"cannot read artifact {path}: {WEIGHTS} is not a state_dict of named tensors")
     gm = spec_to_graph(spec, state)
     gm.dcp_plan = read_plan(path)
     return gm.eval()  # inference by default; training code calls .train()

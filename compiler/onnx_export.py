@@ -17,8 +17,6 @@ import contextlib
 import io
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from matting.atomic import move_file, scratch_folder
 from passes.errors import DCPError
 from passes.trace import as_tuple
 
@@ -36,21 +35,32 @@ FP32_ATOL, FP16_ATOL = 1e-4, 2e-2
 # window moves one unpooled value, which shows as a few off pixels (seen: full-width DIM at
 # 320, 0.03 % of pixels at 1.1e-4, the rest within 1e-5). A wrong graph is off nearly everywhere.
 MAX_OFF_FRACTION = 1e-3
-# A trained student flips more of them (seen: 3.6 % of pixels, max 4.3e-4, at 2x97x131) yet no
-# pixel moves by half an 8-bit alpha level: that output is the same matte, so it passes too.
-ALPHA_HALF_LEVEL = 0.5 / 255
 PROTOBUF_LIMIT = 1_800_000_000  # bytes of weights above which they go to external data (hard limit 2 GiB)
 
 
 class Check(NamedTuple):
+    """ORT against fp32 torch at one input shape.
+
+    >>> c = Check((1, 3, 8, 8), max_error=2e-4, off_fraction=0.05, atol=1e-4)
+    >>> c.ok(), c.ok(max_off_fraction=0.1), c.ok(accept_max_error=0.5 / 255)
+    (False, True, True)
+    >>> Check((1,), max_error=5e-5, off_fraction=0.0, atol=1e-4).ok(max_off_fraction=0.0)
+    True
+    """
     shape: tuple[int, ...]
     max_error: float       # max abs error of ORT against fp32 torch
-    off_fraction: float    # fraction of output elements further off than the limit
+    off_fraction: float    # fraction of output elements further than ``atol`` off
+    atol: float
 
-    def ok(self, atol: float) -> bool:
+    def ok(self, max_off_fraction: float = MAX_OFF_FRACTION, accept_max_error: float | None = None) -> bool:
+        """Every output within ``atol``; or at most ``max_off_fraction`` of them beyond it; or,
+        when the caller gives ``accept_max_error`` (a bound that means "the same result" for its
+        outputs), none beyond that."""
         if self.max_error != self.max_error:  # NaN
             return False
-        return self.off_fraction <= MAX_OFF_FRACTION or self.max_error <= ALPHA_HALF_LEVEL
+        if self.max_error <= self.atol or self.off_fraction <= max_off_fraction:
+            return True
+        return accept_max_error is not None and self.max_error <= accept_max_error
 
 
 @dataclass
@@ -159,19 +169,22 @@ def compare_with_torch(onnx_path: Path, reference: nn.Module, shapes: list[tuple
         if out.shape != ref.shape:
             raise DCPError(f"ONNX output shape {out.shape} != torch {ref.shape} at input {shape}")
         err = abs(out.astype("float32") - ref)
-        results.append(Check(shape, float(err.max()), float((~(err <= atol)).mean())))
+        results.append(Check(shape, float(err.max()), float((~(err <= atol)).mean()), atol))
     return results, session.get_providers()[0]
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: Any, dynamic: bool = True,
                 opset: int | None = None, lower_unpool: bool = False, fold_bn: bool = False, fp16: bool = False,
-                check: bool = True, sizes: Sequence[Sequence[int]] | None = None) -> ExportReport:
+                check: bool = True, sizes: Sequence[Sequence[int]] | None = None,
+                accept_max_error: float | None = None) -> ExportReport:
     """Export ``model`` to ``path`` (dynamic batch/H/W unless ``dynamic=False``) and verify it.
 
     ``lower_unpool`` replaces MaxUnpool by dense ops (TensorRT), ``fold_bn`` folds BN into convs,
     ``fp16`` exports half weights and I/O. Raises ``DCPError`` (and writes nothing) if, at any
     checked size, more than 0.1 % of ORT's outputs differ from fp32 torch by more than 1e-4
     (2e-2 in fp16): max-pool argmax flips on near-ties may move a few pixels, a bug moves all.
+    ``accept_max_error``: the caller's own "same result" bound, which passes a check however
+    many outputs exceed the tolerance (a matting model's caller gives half an 8-bit alpha level).
     """
     inputs = as_tuple(example_inputs)
     if len(inputs) != 1:
@@ -184,9 +197,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: Any, 
     path = Path(path)
     if path.is_dir():
         raise DCPError(f"{path} is a folder; give the .onnx file to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    with scratch_folder(path) as tmp:
         dest = tmp / path.name  # external data is named after the file: keep the final name
         _export(deploy, tuple(t.to(dtype) for t in inputs), dest, dynamic, opset)
         report = _check_model(dest, opset, dynamic)
@@ -194,7 +205,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: Any, 
             shapes = check_sizes(inputs[0], dynamic, sizes)
             report.atol = FP16_ATOL if fp16 else FP32_ATOL
             report.checks, report.provider = compare_with_torch(dest, reference, shapes, dtype, atol=report.atol)
-            bad = [c for c in report.checks if not c.ok(report.atol)]
+            bad = [c for c in report.checks if not c.ok(accept_max_error=accept_max_error)]
             if bad:
                 c = bad[0]
                 raise DCPError(f"ONNX Runtime differs from torch at input {'x'.join(map(str, c.shape))}: "
@@ -203,8 +214,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_inputs: Any, 
         report.files = _move_into(tmp, path.parent)
         report.path = path
         return report
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _half_copy(model: nn.Module) -> nn.Module:
@@ -227,8 +236,4 @@ def _check_model(dest: Path, opset: int | None, dynamic: bool) -> ExportReport:
 def _move_into(tmp: Path, folder: Path) -> list[Path]:
     """Rename the exported files into place, weights first, so the .onnx never points at nothing."""
     files = sorted(tmp.iterdir(), key=lambda f: f.suffix == ".onnx")
-    moved = []
-    for f in files:
-        os.replace(f, folder / f.name)
-        moved.append(folder / f.name)
-    return moved
+    return [move_file(f, folder / f.name) for f in files]

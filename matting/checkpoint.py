@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,32 +18,20 @@ from torch import nn
 
 from passes.errors import DCPError
 
+from .atomic import new_file
+from .data.io import require_file
 from .model import DIM, ENCODER
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through :func:`matting.atomic.new_file`: never a half-written checkpoint."""
+    with new_file(path) as f:
+        torch.save(obj, f)
 
 
 def read_torch_file(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
     """Load a torch file safely; clear one-line errors for missing, corrupt or pickled files."""
-    path = Path(path)
-    if not path.exists():
-        raise DCPError(f"no such file: {path}")
-    if path.is_dir():
-        raise DCPError(f"{path} is a folder, expected a checkpoint file")
+    path = require_file(path, "a checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

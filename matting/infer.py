@@ -1,4 +1,4 @@
-"""Inference on real images with any matting nn.Module (REFERENCE 1 input convention).
+"""Inference on real images with any matting nn.Module (input convention: docs/method.md#teacher).
 
 ``predict`` normalises the image, appends trimap/255, pads to a multiple of 32 (reflect), runs
 the model (whole, or in overlapping tiles when the image would not fit in memory), crops
@@ -22,19 +22,10 @@ from torch import nn
 from passes.errors import DCPError
 
 from .data.transforms import model_input
+from .device import pick_device
 
 MULTIPLE = 32
 MIN_TILE = 128
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto": the GPU when present, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DCPError("--device cuda asked for, but no CUDA GPU is available")
-    return device
 
 
 def force_known(alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:

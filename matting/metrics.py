@@ -2,7 +2,7 @@
 
 All four take ``pred``, ``gt`` (uint8 alpha, 0..255) and ``trimap`` (0/128/255) of one shape;
 only pixels with ``trimap == 128`` count. Values come in the units papers report:
-SAD / 1000, MSE unscaled (papers print it x 1e3), Grad / 1000, Conn / 1000 (REFERENCE 5).
+SAD / 1000, MSE unscaled (papers print it x 1e3), Grad / 1000, Conn / 1000 (definitions: docs/method.md#metrics).
 
 >>> import numpy as np
 >>> p = np.full((4, 4), 255, np.uint8); g = np.zeros((4, 4), np.uint8); t = np.full((4, 4), 128, np.uint8)
@@ -36,6 +36,11 @@ def _check(pred, gt, trimap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not (pred.shape == gt.shape == trimap.shape) or pred.ndim != 2:
         raise ValueError(f"pred, gt and trimap must be 2-D of one shape, got {pred.shape}, {gt.shape}, {trimap.shape}")
     return pred.astype(np.uint8), gt.astype(np.uint8), trimap
+
+
+# Two float alphas closer than half an 8-bit level round to the same stored matte; callers that
+# compare a deployed model with torch (ONNX export) accept any difference below it.
+ALPHA_HALF_LEVEL = 0.5 / 255
 
 
 def to_uint8(alpha: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Group-aware sparsity of the pruning stage (network slimming on BN gammas, REFERENCE section 2).
+"""Group-aware sparsity of the pruning stage (network slimming on BN gammas;
+docs/method.md#sparsity).
 
 Only the BNs the compiler can prune are penalised: the "norm" members of non-frozen channel
 groups (``passes.channel_groups``). After ``backward`` the L1 subgradient is added,
@@ -15,11 +16,10 @@ zero-gamma channel outputs exactly 0, and gamma may start at 0.5.
 from __future__ import annotations
 
 import fnmatch
-import warnings
 from typing import Iterable, Mapping, Sequence
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 import passes
 from passes.errors import DCPError
@@ -28,38 +28,12 @@ from passes.errors import DCPError
 def prunable_norms(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Qualified names of the BN layers whose channels the compiler may remove."""
     gm = passes.trace(model, example)
-    try:
-        channel_groups = passes.channel_groups
-    except AttributeError:
-        return _fallback_prunable_norms(gm)
     names = []
-    for group in channel_groups(gm):
+    for group in passes.channel_groups(gm):
         if group.frozen is None:
             names += [m.module for m in group.members if m.kind == "norm"]
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     return sorted(set(names), key=lambda n: order.get(n, len(order)))
-
-
-def _fallback_prunable_norms(gm: fx.GraphModule) -> list[str]:
-    """FALLBACK until ``passes.channel_groups`` exists: every BatchNorm2d except those whose
-    output reaches the graph output without passing a conv (e.g. DIM's 1-channel up1 BN).
-    Not group-aware: it knows nothing of frozen groups beyond that."""
-    warnings.warn("passes.channel_groups is not available: penalising all BNs except the output ones "
-                  "(fallback, not group-aware)", stacklevel=3)
-    mods = dict(gm.named_modules())
-    near_output, stack, seen = set(), [n for n in gm.graph.nodes if n.op == "output"], set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        mod = mods.get(node.target) if node.op == "call_module" else None
-        if isinstance(mod, nn.modules.conv._ConvNd):
-            continue  # a conv re-mixes channels: what lies before it is not tied to the output
-        if isinstance(mod, nn.BatchNorm2d):
-            near_output.add(node.target)
-        stack += node.all_input_nodes
-    return [n for n, m in gm.named_modules() if isinstance(m, nn.BatchNorm2d) and n not in near_output]
 
 
 def lambda_for(name: str, lambda_enc: float, lambda_dec: float,
@@ -129,10 +103,13 @@ def bn_importance(state: nn.Module | Mapping[str, torch.Tensor], names: Iterable
     return {n: sd[f"{n}.weight"].detach().abs().float().cpu() for n in sorted(wanted) if f"{n}.weight" in sd}
 
 
-def importance_from_checkpoint(path) -> dict[str, torch.Tensor]:
+def importance_from_checkpoint(path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """``{BN name: |gamma|}`` of a pruning-stage checkpoint (``dcp train prune``'s best.pt):
     only its penalised BNs (``prunable``), or every BN of a plain state_dict."""
     from .checkpoint import extract_state_dict, read_torch_file
-    obj = read_torch_file(path)
+    obj = read_torch_file(path, trust_pickle=trust_pickle)
     names = obj.get("prunable") if isinstance(obj, Mapping) else None
-    return bn_importance(extract_state_dict(obj), names)
+    scores = bn_importance(extract_state_dict(obj), names)
+    if not scores:
+        raise DCPError(f"{path} has no BatchNorm layers to read gammas from")
+    return scores

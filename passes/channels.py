@@ -84,6 +84,7 @@ class ChannelAnalysis:
         self.modules: dict[str, ModuleChannels] = {}
         self.member_records: list[tuple[str, str, Space, str, int | None]] = []
         self.spaces: dict[fx.Node, Any] = {}
+        self.channel_axis: dict[fx.Node, int] = {}  # nodes whose space does not start at dim 1 / is n-D
         # parameters/buffers used directly (get_attr): target -> {dim: ids}, and the dim of
         # each whose kept positions are reported as its "output" channels
         self.params: dict[str, dict[int, Space]] = {}
@@ -165,12 +166,13 @@ def flat_spaces(value: Any) -> list[Space]:
 def analyse(gm: fx.GraphModule) -> ChannelAnalysis:
     """Walk the graph once, applying each node's rule. Needs ``passes.trace`` metadata."""
     from .registry import lookup
+    from .channels_last import guarded  # rules for dim 1 never see channels moved elsewhere
     ctx = ChannelAnalysis(gm)
     for node in gm.graph.nodes:
         if node.op != "output" and "tensor_meta" not in node.meta and "type" not in node.meta:
             raise ValueError(f"node '{node.name}' has no shape metadata: trace the model with passes.trace first")
         rule: Callable = lookup(gm, node).rule
-        ctx.spaces[node] = rule(ctx, node)
+        ctx.spaces[node] = rule(ctx, node) if not ctx.channel_axis else guarded(ctx, node, rule)
     _freeze_unclaimed_parameter_uses(ctx)
     _freeze_channel_counts_used_as_values(ctx)
     return ctx

@@ -69,7 +69,22 @@ def test_a_failing_backend_is_reported_not_fatal():
     assert broken.median_ms is None and broken.note == "failed: RuntimeError: no kernel for this"
 
 
-def test_latency_fallback_students_are_width_scaled_and_rounded():
+def test_latency_students_are_compiled_and_a_compiler_error_fails_the_benchmark(monkeypatch):
+    teacher = matting.dim(width=0.125).eval()
+    studs, how = latency.students(teacher, 0.5, 64, round_tos=(1, 8))
+    assert how.startswith("compiler.compile(ratio=0.5, round_to=1|8") and len(studs) == 2
+    size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert all(isinstance(m, torch.fx.GraphModule) and size(m) < size(teacher) / 2 for m in studs.values())
+
+    def broken(*args, **kwargs):
+        raise compiler.DCPError("no rule for this op")
+
+    monkeypatch.setattr(compiler, "compile", broken)
+    with pytest.raises(compiler.DCPError, match="no rule for this op"):
+        latency.students(teacher, 0.5, 64)
+
+
+def test_latency_uniform_baseline_is_width_scaled_and_rounded():
     for round_to in (1, 8):
         widths = latency.width_scaled(0.5, round_to).widths
         assert widths["down1.conv1"] == 32 and widths["down5.conv3"] == 256

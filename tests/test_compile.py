@@ -71,7 +71,7 @@ def test_paper_scopes_threshold_encoder_and_decoder_separately():
         for name, m in t.named_modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.copy_(torch.rand(m.num_features) * (0.1 if name.startswith("up") else 1.0))
-    res = compiler.compile(t, X64, ratio=0.5, importance="bn", scopes="paper")
+    res = compiler.compile(t, X64, ratio=0.5, importance="bn", scopes=matting.PAPER_SCOPES)
     # the paper's rule, written out: each pool drops its lowest half of |gamma|; a channel tied
     # across an unpool goes only if both of its pools drop it
     bns = {n: m.weight.abs() for n, m in t.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and n != "up1.conv.cbr_unit.1"}
@@ -142,12 +142,14 @@ def test_artifact_loads_in_a_fresh_process_without_the_model_class(tmp_path, tea
     assert plan["kept"]["down1.conv2.cbr_unit.0"] == res.kept["down1.conv2.cbr_unit.0"].tolist()
 
 
-def test_target_macs_searches_the_ratio(teacher):
-    res = compiler.compile(teacher, X64, target_macs=0.5, scopes="paper")
+def test_target_macs_fits_the_budget(teacher):
+    res = compiler.compile(teacher, X64, target_macs=0.5)
     kept = res.report["macs_after"] / res.report["macs_before"]
     assert 0.45 <= kept <= 0.5 and 0 < res.report["ratio"] < 0.99
     with pytest.raises(passes.DCPError, match="target_macs"):
         compiler.compile(teacher, X64, target_macs=1.5)
+    with pytest.raises(passes.DCPError, match="drop scopes"):
+        compiler.compile(teacher, X64, target_macs=0.5, scopes=matting.PAPER_SCOPES)
 
 
 def test_cli_compile_writes_the_artifact_and_rejects_bad_arguments(tmp_path, dcp):

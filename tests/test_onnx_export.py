@@ -76,11 +76,26 @@ def test_static_export_fixes_the_shape(compact_artifact, tmp_path):
 
 
 def test_a_failed_check_writes_nothing_and_says_why(tmp_path, monkeypatch):
-    monkeypatch.setattr(onnx_export, "MAX_OFF_FRACTION", -1.0)  # every check fails
-    monkeypatch.setattr(onnx_export, "ALPHA_HALF_LEVEL", -1.0)
+    monkeypatch.setattr(onnx_export, "FP32_ATOL", -1.0)  # every output is "off": every check fails
     with pytest.raises(DCPError, match="ONNX Runtime differs from torch at input 1x3x8x8.*nothing written"):
         export_onnx(nn.Sequential(nn.Conv2d(3, 2, 3)), tmp_path / "m.onnx", torch.zeros(1, 3, 8, 8), dynamic=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_callers_bound_accepts_what_the_tolerance_alone_refuses(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "FP32_ATOL", -1.0)
+    report = export_onnx(nn.Sequential(nn.Conv2d(3, 2, 3)), tmp_path / "m.onnx", torch.zeros(1, 3, 8, 8),
+                         dynamic=False, accept_max_error=1e-3)
+    assert report.checks[0].off_fraction == 1.0 and report.checks[0].max_error < 1e-3
+    assert [f.name for f in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_check_ok_judges_against_its_own_tolerance():
+    within = onnx_export.Check((1, 1), max_error=0.5, off_fraction=1.0, atol=0.5)
+    beyond = within._replace(max_error=0.6)
+    assert within.ok(max_off_fraction=0.0) and not beyond.ok(max_off_fraction=0.0)
+    assert beyond.ok(max_off_fraction=1.0) and beyond.ok(max_off_fraction=0.0, accept_max_error=0.6)
+    assert not beyond._replace(max_error=float("nan")).ok(accept_max_error=1.0)
 
 
 def test_big_weights_go_to_external_data(tmp_path, monkeypatch):

@@ -1,11 +1,9 @@
 """Group-aware sparsity: which BNs are penalised, the subgradient, and that it sparsifies."""
-import warnings
 
 import pytest
 import torch
 
 import matting
-import passes
 from matting import sparsity
 from passes.errors import DCPError
 
@@ -16,9 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _names(model):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # passes.channel_groups is there: no fallback warning
-        return sparsity.prunable_norms(model, X32)
+    return sparsity.prunable_norms(model, X32)
 
 
 def test_prunable_norms_exclude_the_one_channel_output_bn():
@@ -28,13 +24,6 @@ def test_prunable_norms_exclude_the_one_channel_output_bn():
     assert "up1.conv.cbr_unit.1" not in names
     assert set(names) == set(all_bns) - {"up1.conv.cbr_unit.1"}
     assert names == [n for n in all_bns if n in names]  # model order
-
-
-def test_the_fallback_agrees_with_the_channel_groups_on_dim():
-    model = matting.dim(width=0.125)
-    with pytest.warns(UserWarning, match="fallback"):
-        fallback = sparsity._fallback_prunable_norms(passes.trace(model, X32))
-    assert fallback == _names(model)
 
 
 def test_frozen_groups_are_not_penalised():
@@ -123,3 +112,18 @@ def test_importance_from_a_pruning_checkpoint(tmp_path):
     assert list(sparsity.importance_from_checkpoint(tmp_path / "best.pt")) == ["down1.conv1.cbr_unit.1"]
     atomic_save(model.state_dict(), tmp_path / "plain.pt")
     assert len(sparsity.importance_from_checkpoint(tmp_path / "plain.pt")) == 18
+
+
+def test_dcp_compile_scores_only_the_checkpoints_prunable_bns(tmp_path, dcp):
+    from matting.checkpoint import atomic_save, save_dim
+    model = matting.dim(width=0.125)
+    names = _names(model)
+    save_dim(model, tmp_path / "student.pt", prunable=names[:-1])
+    scores = sparsity.importance_from_checkpoint(tmp_path / "student.pt")
+    assert list(scores) == sorted(names[:-1])
+    r = dcp("compile", "--model", tmp_path / "student.pt", "--importance", tmp_path / "student.pt",
+            "--size", "64", "64", "-o", tmp_path / "art")
+    assert r.returncode == 0, r.stderr
+    atomic_save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "no_bn.pt")
+    r = dcp("compile", "--model", "dim:0.125", "--importance", tmp_path / "no_bn.pt", "-o", tmp_path / "x")
+    assert r.returncode == 2 and "has no BatchNorm layers to read gammas from" in r.stderr

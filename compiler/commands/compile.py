@@ -5,9 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from matting.data.io import write_text
+from matting.sparsity import importance_from_checkpoint
 from passes import DCPError
 
 from ..models import load_model
@@ -23,6 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of prunable channels removed (default 0.5)")
     p.add_argument("--target-macs", type=float, default=None,
                    help="keep at most this fraction of the MACs (searches the ratio; overrides --ratio)")
+    p.add_argument("--target-latency", type=float, default=None,
+                   help="the compact model's MEASURED latency on --backend as a fraction of the original's "
+                        "(e.g. 0.5; overrides --ratio)")
+    p.add_argument("--backend", default="torch-cpu",
+                   help="where latency is measured: torch-cpu, ort-cpu; with a GPU cuda-fp16, cuda-bf16, ort-cuda, trt")
+    p.add_argument("--latency-cache", default=None,
+                   help="folder of cached layer timings (default $DCP_CACHE_DIR or ~/.cache/dcp)")
+    p.add_argument("--normalize", default="auto", choices=("auto", "none", "mean", "max", "std"),
+                   help="per-group score normalisation (auto: mean for l1/l2, none for BN gammas)")
+    p.add_argument("--max-ratio", type=float, default=0.9,
+                   help="never remove more than this fraction of any group (default 0.9)")
     p.add_argument("--scopes", default=None,
                    help="'paper' (separate encoder/decoder thresholds) or NAME=PATTERN[,PATTERN]:RATIO;... ")
     p.add_argument("--round-to", type=int, default=1, help="round kept widths up to a multiple (8 for tensor cores)")
@@ -35,9 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_scopes(text: str | None):
-    """``paper`` or ``enc=down*:0.5;dec=up*,head*:0.3``."""
-    if text is None or text == "paper":
-        return text
+    """``paper`` (DIM's encoder/decoder pools) or ``enc=down*:0.5;dec=up*,head*:0.3``."""
+    if text is None:
+        return None
+    if text == "paper":
+        from matting.scopes import PAPER_SCOPES
+        return PAPER_SCOPES
     scopes = []
     for part in filter(None, text.split(";")):
         try:
@@ -50,17 +63,12 @@ def parse_scopes(text: str | None):
 
 
 def importance_arg(spec: str, trust_pickle: bool):
-    """bn/l1/l2, or the |gamma| of every BatchNorm in a (sparse student) checkpoint."""
+    """bn/l1/l2, or the |gamma| of a pruning-stage checkpoint's penalised BNs."""
     if spec in ("bn", "l1", "l2"):
         return spec
     if not Path(spec).exists():
         raise DCPError(f"--importance must be bn, l1, l2 or a checkpoint file; no such file: {spec}")
-    student = load_model(spec, trust_pickle=trust_pickle)
-    scores = {name: m.weight.detach().abs() for name, m in student.named_modules()
-              if isinstance(m, torch.nn.BatchNorm2d) and m.weight is not None}
-    if not scores:
-        raise DCPError(f"{spec} has no BatchNorm layers to read gammas from")
-    return scores
+    return importance_from_checkpoint(spec, trust_pickle=trust_pickle)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     res = compiler.compile(model, example_input(model, args.size), ratio=args.ratio, importance=importance,
                            round_to=args.round_to, scopes=parse_scopes(args.scopes),
                            min_channels=args.min_channels, widths=widths, aggregate=args.aggregate,
-                           target_macs=args.target_macs)
+                           target_macs=args.target_macs, target_latency=args.target_latency, backend=args.backend,
+                           normalize=args.normalize, max_ratio=args.max_ratio,
+                           latency_options={"cache": args.latency_cache})
     print(res.summary())
     out = compiler.save(res, args.out)
     report = (f"# dcp compile report\n\nmodel `{args.model}`, importance `{args.importance}`, ratio {args.ratio}, "

@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from matting import metrics
 from matting.data import io, test_set_items
-from matting.infer import pick_device, predict
+from matting.device import pick_device
+from matting.infer import predict
 
 from ..models import load_model
 from ._common import add_model_arg

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from ..models import load_model
-from ._common import example_input
+from ._common import add_trust_pickle_arg, example_input
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,12 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the preceding convs")
     p.add_argument("--fp16", action="store_true", help="half-precision weights and I/O (checked to 2e-2)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow loading a pickled foreign checkpoint (e.g. BEST_checkpoint.tar); it can run code")
+    add_trust_pickle_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from matting.metrics import ALPHA_HALF_LEVEL
     from ..onnx_export import export_onnx
     if not str(args.output).endswith(".onnx"):
         raise ValueError(f"output must be a .onnx file, got {args.output}")
@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     report = export_onnx(model, args.output, x, dynamic=args.static is None, opset=args.opset,
                          lower_unpool=args.lower_unpool, fold_bn=args.fold_bn, fp16=args.fp16,
-                         check=not args.no_check)
+                         check=not args.no_check, accept_max_error=ALPHA_HALF_LEVEL)
     print(report.summary())
     return 0

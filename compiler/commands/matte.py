@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from matting import foreground
 from matting.data import io
-from matting.infer import pick_device, predict
+from matting.device import pick_device
+from matting.infer import predict
 from passes.errors import DCPError
 
 from ..models import load_model

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 from pathlib import Path
 
 import torch
 
 from matting.train import load_config
+from matting.train.datasets import datasets
 
 from ..models import load_model
+from ._common import add_trust_pickle_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         s.add_argument("--out", required=True, help="run folder: last.pt, best.pt, log.csv/json, loss.png")
         s.add_argument("--config", help="YAML settings (see configs/); key=value arguments override it")
         s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
-        s.add_argument("--trust-pickle", action="store_true", help="allow loading pickled foreign checkpoints")
+        add_trust_pickle_arg(s)
         if stage == "teacher":
             s.add_argument("--model", default="dim", help="dim, dim:WIDTH or a checkpoint to start from (default dim)")
             s.add_argument("--vgg16", help="a LOCAL torchvision VGG16 state_dict to initialise the encoder")
@@ -102,27 +103,3 @@ def _save_artifact(student: torch.nn.Module, out: Path, source: str) -> None:
     artifact.save_module(student.eval(), out / "model", plan)
     print(f"finetuned artifact: {out / 'model'}", file=sys.stderr)
 
-
-def datasets(spec: str, val_spec: str | None, cfg: dict):
-    """(train, validation) datasets for ``--data``/``--val-data`` (validation may be None)."""
-    if spec.startswith("random:"):
-        from matting.train.toydata import RandomMattes
-        try:
-            n = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise ValueError(f"--data {spec}: expected random:N with N a number of samples") from None
-        n_val = round(n * cfg["val_fraction"])
-        val = RandomMattes(n_val, size=cfg["size"], seed=cfg["seed"] + 1) if n_val else None
-        return RandomMattes(n, size=cfg["size"], seed=cfg["seed"]), val
-    from matting.data.folder import MattingFolder, folder_names
-    names = folder_names(spec)
-    if val_spec:
-        train_names, val = names, MattingFolder(val_spec)
-    else:
-        shuffled = sorted(names)
-        random.Random(cfg["seed"]).shuffle(shuffled)
-        n_val = min(len(names) - 1, max(1 if cfg["val_fraction"] > 0 else 0, round(len(names) * cfg["val_fraction"])))
-        train_names = shuffled[n_val:]
-        val = MattingFolder(spec, names=shuffled[:n_val]) if n_val > 0 else None
-    train = MattingFolder(spec, crop=cfg["size"], train=True, jitter=cfg["jitter"], seed=cfg["seed"], names=train_names)
-    return train, val

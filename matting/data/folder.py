@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -20,6 +18,7 @@ from tqdm import tqdm
 
 from passes.errors import DCPError
 
+from ..atomic import new_folder
 from . import io
 from .transforms import model_input, train_augment
 
@@ -36,19 +35,11 @@ def write_folder(out: str | os.PathLike, names: list[str], make: Callable[[int],
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not force:
             raise DCPError(f"{out} already exists and is not empty (use --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with new_folder(out) as tmp:
         for i, name in enumerate(tqdm(names, desc=desc, unit="img")):
             for key, arr in make(i).items():
                 io.write_image(tmp / key / f"{name}.png", arr)
         (tmp / "meta.json").write_text(json.dumps({**meta, "names": names}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -93,8 +84,16 @@ class MattingFolder(Dataset):
     1 where the trimap is unknown (the loss mask); ``fg`` / ``bg`` (3, H, W) float32 in [0, 1]
     when the folder has them; ``name`` str.
 
-    >>> ds = MattingFolder("data/synth", crop=320, train=True)      # doctest: +SKIP
-    >>> batch = next(iter(DataLoader(ds, batch_size=8, num_workers=2)))  # doctest: +SKIP
+    >>> import tempfile
+    >>> from torch.utils.data import DataLoader
+    >>> from matting.data.synth import write_synth
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> root = write_synth(tmp.name + "/synth", n=2, size=64, seed=0)
+    >>> ds = MattingFolder(root, crop=32, train=True, seed=0)
+    >>> batch = next(iter(DataLoader(ds, batch_size=2)))
+    >>> batch["input"].shape, batch["mask"].shape
+    (torch.Size([2, 4, 32, 32]), torch.Size([2, 1, 32, 32]))
+    >>> tmp.cleanup()
     """
 
     def __init__(self, root: str | os.PathLike, crop: int | None = None, train: bool = False,
@@ -106,7 +105,7 @@ class MattingFolder(Dataset):
             split_file = self.root / f"{split}.txt"
             if not split_file.is_file():
                 raise DCPError(f"no {split_file}; make it with `dcp data split --data {self.root}`")
-            names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+            names = io.read_names(split_file)
         self.names = list(names) if names is not None else folder_names(self.root)
         if not self.names:
             raise DCPError(f"{self.root} holds no samples")

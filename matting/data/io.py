@@ -7,19 +7,21 @@ What is accepted, with one warning each (printed once per kind, on stderr):
   (e.g. a hand-drawn unknown grey of 102) -> quantised: < 85 -> 0, > 170 -> 255, else 128.
 What is refused with a one-line ``DCPError``: missing, unreadable or truncated files, colour
 trimaps/alphas whose channels differ, and (by callers) size mismatches.
-Writes go to a temp file in the same folder and are renamed into place (never a partial file).
+Writes go through ``matting.atomic`` (``write_bytes`` / ``write_text`` are re-exported here):
+never a partial file.
 """
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from passes.errors import DCPError
+
+from ..atomic import write_bytes, write_text  # noqa: F401  (re-exported: image and report writers)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _PNG_SIG, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
@@ -34,12 +36,19 @@ def warn_once(kind: str, message: str) -> None:
     print(f"warning: {message} (further such warnings are not shown)", file=sys.stderr)
 
 
-def _decode(path: str | os.PathLike) -> np.ndarray:
+def require_file(path: str | os.PathLike, kind: str) -> Path:
+    """``path`` as a Path if it is an existing file, else a one-line ``DCPError`` (``kind``: what
+    was expected, e.g. "an image file")."""
     path = Path(path)
     if not path.exists():
         raise DCPError(f"no such file: {path}")
     if path.is_dir():
-        raise DCPError(f"{path} is a folder, expected an image file")
+        raise DCPError(f"{path} is a folder, expected {kind}")
+    return path
+
+
+def _decode(path: str | os.PathLike) -> np.ndarray:
+    path = require_file(path, "an image file")
     data = path.read_bytes()
     if data.startswith(_PNG_SIG) and _PNG_END not in data[-32:]:
         raise DCPError(f"cannot read {path}: the PNG file is truncated")
@@ -120,22 +129,12 @@ def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
     write_bytes(path, buf.tobytes())
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file atomically: a temp file in the same folder, then rename."""
+def read_names(path: str | os.PathLike) -> list[str]:
+    """Non-empty lines of a name-list file (Adobe's fg/bg lists, train.txt / valid.txt), stripped."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    write_bytes(path, text.encode())
+    if not path.is_file():
+        raise DCPError(f"no such name-list file: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

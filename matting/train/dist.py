@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
-from passes.errors import DCPError
+from ..device import pick_device
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,6 @@ class Dist:
     @property
     def active(self) -> bool:
         return self.world > 1
-
-
-def pick_device(pref: str, local_rank: int = 0) -> torch.device:
-    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise DCPError("device=cuda but no CUDA GPU is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def setup(device_pref: str = "auto") -> Dist:

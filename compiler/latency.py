@@ -1,0 +1,415 @@
+"""A latency model measured on the user's backend, for ``compile(target_latency=...)``.
+
+Each layer with MACs (conv / linear, module or functional) becomes a *unit*: the layer plus the
+per-channel ops that follow it alone (norm, activation, pooling), rebuilt at chosen widths and
+timed IN CONTEXT: at the layer's real input shape, on the backend. A unit is timed on a coarse
+grid of (input width, output width) points inside the widths selection can reach (``grid``
+points per axis, snapped to ``round_to``) and interpolated bilinearly in between: full
+in x out grids are thousands of timings, while on CPU a unit's time is close to linear in each
+width between grid points (a bundle of channels then costs the table's DIFFERENCE between two
+widths, as in HALP). The model's latency is predicted as the original's measured latency times
+(sum of unit times at the plan's widths) / (sum at full width); what the units miss (unpool,
+additions, memory traffic between layers) is corrected by measuring the compact model
+(``compiler.latency_fit``).
+
+Timings are cached on disk (``DCP_CACHE_DIR`` or ``~/.cache/dcp``, ``latency/`` below it), one
+file per unit signature (backend, device name, library versions, threads, layer, input shape,
+followers), so a second compile of the same model re-times nothing.
+
+>>> check_backend("torch-cpu")
+'torch-cpu'
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import io
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import fx, nn
+import torch.nn.functional as F
+
+from passes.count import LayerAxes
+from passes.errors import DCPError
+
+BACKENDS = ("torch-cpu", "ort-cpu", "cuda-fp16", "cuda-bf16", "ort-cuda", "trt")
+CUDA_BACKENDS = BACKENDS[2:]
+ORT_PROVIDER = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
+                "trt": "TensorrtExecutionProvider"}
+FOLLOWER_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU,
+                    nn.GELU, nn.Hardswish, nn.Sigmoid, nn.Tanh, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool2d)
+FOLLOWER_FUNCTIONS = (F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.max_pool2d, F.avg_pool2d, torch.sigmoid)
+MIN_SAMPLE_MS = 5.0  # a sample loops a fast unit until it lasts this long (timer resolution, noise)
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it can run here, else one DCPError saying why."""
+    if backend not in BACKENDS:
+        raise DCPError(f"unknown latency backend '{backend}'; choose from {', '.join(BACKENDS)}")
+    if backend in CUDA_BACKENDS and not torch.cuda.is_available():  # ORT-gpu lists CUDA even without one
+        raise DCPError(f"backend '{backend}' needs a CUDA GPU and torch sees none; use torch-cpu or ort-cpu")
+    if backend in ORT_PROVIDER:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise DCPError(f"backend '{backend}' needs onnxruntime, which is not installed") from None
+        if ORT_PROVIDER[backend] not in ort.get_available_providers():
+            raise DCPError(f"backend '{backend}': onnxruntime has no {ORT_PROVIDER[backend]}")
+    return backend
+
+
+# ----------------------------------------------------------------------------- running
+def is_cuda(backend: str) -> bool:
+    return backend in CUDA_BACKENDS
+
+
+def torch_fn(module: nn.Module, x: torch.Tensor, backend: str) -> Callable[[], object]:
+    if backend == "torch-cpu":
+        m, xb = module.eval(), x
+    else:
+        dtype = torch.float16 if backend == "cuda-fp16" else torch.bfloat16
+        m = module.eval().to("cuda", dtype=dtype, memory_format=torch.channels_last)
+        xb = x.to("cuda", dtype=dtype)
+        xb = xb.contiguous(memory_format=torch.channels_last) if xb.dim() == 4 else xb
+
+    def run():
+        with torch.inference_mode():
+            return m(xb)
+    return run
+
+
+def ort_session_fn(onnx_bytes_or_path, x: torch.Tensor, backend: str) -> Callable[[], object]:
+    """A callable running one ORT inference on ``x`` with the backend's provider (device-resident
+    I/O on CUDA: no host copies timed)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = torch.get_num_threads()
+    provider = ORT_PROVIDER[backend]
+    providers = [(provider, {"trt_fp16_enable": "1"}) if backend == "trt" else provider]
+    session = ort.InferenceSession(onnx_bytes_or_path, opts, providers=providers)
+    if session.get_providers()[0] != provider:  # ORT falls back to CPU silently
+        raise DCPError(f"backend '{backend}': ONNX Runtime could not start {provider}")
+    if backend == "ort-cpu":
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        return lambda: session.run(None, feed)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(session.get_inputs()[0].name, ort.OrtValue.ortvalue_from_numpy(x.numpy(), "cuda", 0))
+    for out in session.get_outputs():
+        binding.bind_output(out.name, "cuda", 0)
+    return lambda: session.run_with_iobinding(binding)
+
+
+def _unit_onnx(module: nn.Module, x: torch.Tensor) -> bytes:
+    """A unit as ONNX bytes. The TorchScript exporter: a unit is conv/norm/activation/pool only,
+    which it exports in ~0.05 s where the dynamo one takes seconds (hundreds of units)."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (x,), buf, dynamo=False, opset_version=17)
+    return buf.getvalue()
+
+
+def runner(module: nn.Module, x: torch.Tensor, backend: str) -> Callable[[], object]:
+    if backend in ORT_PROVIDER:
+        return ort_session_fn(_unit_onnx(module, x), x, backend)
+    return torch_fn(module, x, backend)
+
+
+def elapsed_ms(fn: Callable[[], object], loops: int, cuda: bool) -> float:
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(loops):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / loops
+    t = time.perf_counter()
+    for _ in range(loops):
+        fn()
+    return (time.perf_counter() - t) * 1e3 / loops
+
+
+def time_fn(fn: Callable[[], object], cuda: bool, repeats: int = 3, agree: float = 0.15) -> float:
+    """Milliseconds of one call: the fastest of at least ``repeats`` samples after a warm-up
+    (other processes only ever add time, so the minimum is the least disturbed estimate). More
+    samples are taken, up to 3x, until the two fastest agree within ``agree``: a lone fast
+    sample is confirmed, and a machine busy with other work costs time, not accuracy. Fast
+    calls are looped within a sample."""
+    elapsed_ms(fn, 1, cuda)  # warm-up (allocations, kernel choice)
+    samples = [elapsed_ms(fn, 1, cuda)]
+    loops = max(1, int(MIN_SAMPLE_MS / max(samples[0], 1e-3)))
+    if loops > 1:  # too fast to time one call: loop it, and drop the single-call probe
+        samples = []
+    samples += [elapsed_ms(fn, loops, cuda) for _ in range(max(repeats - len(samples), 2 - len(samples)))]
+    while len(samples) < 3 * repeats and sorted(samples)[1] > (1 + agree) * min(samples):
+        samples.append(elapsed_ms(fn, loops, cuda))
+    return min(samples)
+
+
+# ----------------------------------------------------------------------------- units
+class _Call(nn.Module):
+    """A follower function (``F.relu``, ``F.max_pool2d`` ...) with its other arguments bound."""
+
+    def __init__(self, fn, args, kwargs):
+        super().__init__()
+        self.fn, self.args, self.kwargs = fn, tuple(args), dict(kwargs)
+
+    def forward(self, x):
+        return self.fn(x, *self.args, **self.kwargs)
+
+
+class Unit(nn.Module):
+    def __init__(self, layers: Sequence[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+@dataclass
+class UnitSpec:
+    """How to rebuild one layer and its followers at any widths."""
+    node: str
+    kind: str                 # conv / convT / linear
+    dims: int                 # spatial dims of a conv
+    hyper: dict               # kernel_size, stride, ... (conv) or {} (linear)
+    bias: bool
+    in_shape: tuple           # the layer's real input shape
+    channels: tuple[int, int]  # full (in, out)
+    followers: list           # ("bn", type) / ("same", module) / ("fn", fn, args, kwargs)
+
+    def signature(self) -> dict:
+        follow = [f[0] + ":" + (type(f[1]).__name__ + repr(f[1]) if f[0] == "same" else
+                                getattr(f[1], "__name__", str(f[1])) + (repr(f[2:]) if f[0] == "fn" else ""))
+                  for f in self.followers]
+        return {"kind": self.kind, "dims": self.dims, "hyper": repr(sorted(self.hyper.items())), "bias": self.bias,
+                "in_shape": list(self.in_shape), "channels": list(self.channels), "followers": follow}
+
+    def build(self, w_in: int, w_out: int) -> tuple[nn.Module, torch.Tensor]:
+        if self.kind == "linear":
+            layers = [nn.Linear(w_in, w_out, bias=self.bias)]
+        else:
+            cls = {"conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d), "convT": (nn.ConvTranspose1d, nn.ConvTranspose2d,
+                                                                        nn.ConvTranspose3d)}[self.kind][self.dims - 1]
+            groups = self.hyper.get("groups", 1)
+            depthwise = groups > 1 and groups == self.channels[0]
+            hyper = {**self.hyper, "groups": w_out if depthwise else groups}
+            layers = [cls(w_out if depthwise else w_in, w_out, bias=self.bias, **hyper)]
+        for f in self.followers:
+            layers.append(f[1](w_out) if f[0] == "bn" else copy.deepcopy(f[1]) if f[0] == "same" else _Call(*f[1:]))
+        shape = list(self.in_shape)
+        shape[-1 if self.kind == "linear" else 1] = w_in
+        with torch.no_grad():
+            unit = Unit(layers).eval()
+            for p in unit.parameters():  # non-degenerate values (no denormals, no all-zero)
+                p.normal_(0, 0.1)
+        return unit, torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+
+
+def _conv_hyper(m: nn.Module) -> dict:
+    keys = ["kernel_size", "stride", "padding", "dilation", "groups"]
+    if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        keys.append("output_padding")
+    else:
+        keys.append("padding_mode")
+    return {k: getattr(m, k) for k in keys}
+
+
+def _shape(node) -> tuple | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if hasattr(meta, "shape") else None
+
+
+def unit_spec(gm: fx.GraphModule, layer: LayerAxes) -> UnitSpec:
+    node = next(n for n in gm.graph.nodes if n.name == layer.node)
+    src = node.args[0] if node.args else node.kwargs.get("input")
+    in_shape, out_shape = _shape(src), _shape(node)
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if isinstance(m, nn.Linear):
+            kind, dims, hyper, bias = "linear", 0, {}, m.bias is not None
+        else:
+            transposed = isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+            kind, dims, hyper, bias = "convT" if transposed else "conv", len(m.kernel_size), _conv_hyper(m), m.bias is not None
+    else:
+        w = _shape(node.args[1] if len(node.args) > 1 else node.kwargs.get("weight"))
+        b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        bias = b is not None
+        if node.target is F.linear:
+            kind, dims, hyper = "linear", 0, {}
+        else:
+            names = ("stride", "padding", "dilation", "groups")
+            given = {k: (node.args[3 + i] if len(node.args) > 3 + i else node.kwargs.get(k)) for i, k in enumerate(names)}
+            hyper = {"kernel_size": tuple(w[2:]), **{k: v for k, v in given.items() if v is not None}}
+            kind, dims = "conv", len(w) - 2
+    channels = (in_shape[-1], out_shape[-1]) if kind == "linear" else (in_shape[1], out_shape[1])
+    return UnitSpec(layer.node, kind, dims, hyper, bias, in_shape, channels, _followers(gm, node))
+
+
+def _followers(gm: fx.GraphModule, node: fx.Node) -> list:
+    """The per-channel ops that consume this layer's output alone, in order."""
+    out = []
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if not user.args or user.args[0] is not node:
+            break
+        if user.op == "call_module" and isinstance(m := gm.get_submodule(user.target), FOLLOWER_MODULES):
+            out.append(("bn", type(m)) if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
+                       else ("same", m))
+        elif user.op == "call_function" and user.target in FOLLOWER_FUNCTIONS and all(
+                not isinstance(a, fx.Node) for a in [*user.args[1:], *user.kwargs.values()]):
+            out.append(("fn", user.target, user.args[1:], user.kwargs))
+        else:
+            break
+        node = user
+    return out
+
+
+# ----------------------------------------------------------------------------- cache
+def cache_dir(path=None) -> Path:
+    base = Path(path or os.environ.get("DCP_CACHE_DIR") or Path.home() / ".cache" / "dcp")
+    return base / "latency"
+
+
+@functools.lru_cache(maxsize=None)
+def device_name(backend: str) -> str:
+    if is_cuda(backend):
+        return torch.cuda.get_device_name(0)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_key(backend: str) -> dict:
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    if backend in ORT_PROVIDER:
+        import onnxruntime
+        versions["onnxruntime"] = onnxruntime.__version__
+    if is_cuda(backend):
+        versions["cuda"] = torch.version.cuda or ""
+        versions["cudnn"] = str(torch.backends.cudnn.version())
+    return {"backend": backend, "device": device_name(backend), "threads": torch.get_num_threads(), **versions}
+
+
+class TimingCache:
+    """``{(w_in, w_out): ms}`` per unit signature, one JSON file each, written atomically."""
+
+    def __init__(self, folder: Path, backend: str):
+        self.folder, self.env = folder, environment_key(backend)
+
+    def _path(self, spec: UnitSpec) -> Path:
+        key = json.dumps({**self.env, **spec.signature()}, sort_keys=True)
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+    def load(self, spec: UnitSpec) -> dict[tuple[int, int], float]:
+        try:
+            data = json.loads(self._path(spec).read_text())
+            return {tuple(map(int, k.split(","))): float(v) for k, v in data["ms"].items()}
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def store(self, spec: UnitSpec, ms: dict[tuple[int, int], float]) -> None:
+        from matting.atomic import write_text
+        write_text(self._path(spec), json.dumps({"env": self.env, "unit": spec.signature(),
+                                                 "ms": {f"{a},{b}": v for (a, b), v in sorted(ms.items())}}))
+
+
+def progress(total: int, desc: str):
+    """tqdm when installed, else a one-line counter on stderr."""
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, desc=desc, leave=False)
+    except ImportError:
+        return _Counter(total, desc)
+
+
+class _Counter:
+    def __init__(self, total, desc):
+        self.n, self.total, self.desc = 0, total, desc
+
+    def update(self, k=1):
+        self.n += k
+        if sys.stderr.isatty() or self.n == self.total:
+            print(f"\r{self.desc}: {self.n}/{self.total}", end="\n" if self.n == self.total else "",
+                  file=sys.stderr, flush=True)
+
+    def close(self):
+        pass
+
+
+# ----------------------------------------------------------------------------- tables
+def grid(lo: float, size: int, points: int, round_to: int) -> list[int]:
+    """Up to ``points`` widths from ``lo`` to ``size``, evenly spaced, snapped to ``round_to``.
+
+    >>> grid(8, 64, 5, 8)
+    [8, 24, 32, 48, 64]
+    """
+    lo = max(1, min(size, int(np.ceil(lo))))
+    raw = np.linspace(lo, size, points) if points > 1 else np.array([size])
+    snapped = {size, *(min(size, max(lo, int(round(v / round_to)) * round_to)) for v in raw)}
+    return sorted(w for w in snapped if w >= 1)
+
+
+@dataclass
+class Table:
+    """Measured milliseconds of one unit on an (input width x output width) grid."""
+    spec: UnitSpec
+    w_in: list[int]
+    w_out: list[int]
+    ms: np.ndarray            # [len(w_in), len(w_out)]
+
+    def __call__(self, w_in: float | None, w_out: float) -> float:
+        """Bilinear interpolation (linear extrapolation is clamped to the grid)."""
+        rows = np.array([np.interp(w_out, self.w_out, r) for r in self.ms])
+        return float(rows[0] if w_in is None or len(self.w_in) == 1 else np.interp(w_in, self.w_in, rows))
+
+
+def measure_tables(specs: Sequence[UnitSpec], grids: Sequence[tuple[list[int], list[int]]], backend: str,
+                   folder=None, repeats: int = 3, timer: Callable | None = None) -> tuple[list[Table], dict]:
+    """One table per unit; cached timings are reused, missing ones measured (``timer(module,
+    x)`` -> ms, default: the backend's). Returns the tables and ``{"measured", "cached", "seconds"}``."""
+    check_backend(backend)
+    cache = TimingCache(cache_dir(folder), backend)
+    timer = timer or (lambda module, x: time_fn(runner(module, x, backend), is_cuda(backend), repeats))
+    start, stats, tables = time.perf_counter(), {"measured": 0, "cached": 0}, []
+    known = [cache.load(s) for s in specs]
+    todo = sum(1 for s, (gi, go), k in zip(specs, grids, known) for a in gi for b in go if (a, b) not in k)
+    bar = progress(todo, f"latency tables ({backend})") if todo else None
+    for spec, (g_in, g_out), ms in zip(specs, grids, known):
+        fresh = False
+        for a in g_in:
+            for b in g_out:
+                if (a, b) in ms:
+                    stats["cached"] += 1
+                    continue
+                ms[(a, b)] = float(timer(*spec.build(a, b)))
+                stats["measured"] += 1
+                fresh = True
+                bar.update()
+        if fresh:
+            cache.store(spec, ms)
+        tables.append(Table(spec, list(g_in), list(g_out), np.array([[ms[(a, b)] for b in g_out] for a in g_in])))
+    if bar is not None:
+        bar.close()
+    stats["seconds"] = time.perf_counter() - start
+    return tables, stats

@@ -1,0 +1,182 @@
+"""Hit a MEASURED latency target: select on the measured latency model, rewrite, time the
+compact model against the original on the backend, and correct.
+
+The tables predict the compact/original latency ratio; what they miss (ops outside the units,
+caches, threading) shows when the whole compact model is timed. When the measured ratio
+misses the target by more than ``tolerance`` (relative), the budget is rescaled by
+measured/predicted (then by the secant through the last two rounds) and the selection rerun,
+a few ``rounds`` at most; the closest plan wins.
+Original and compact are timed interleaved (the same load hits both), so the RATIO is robust
+to other processes on the machine even when absolute times are not. A machine heavily loaded
+by other work (more runnable threads than cores) still distorts single timings by whole
+scheduler slices: measure on a quiet machine.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import fx, nn
+
+from passes.channels import ChannelAnalysis, Group
+from passes.count import Axis, LayerAxes
+from passes.errors import DCPError
+from passes.rewrite import rewrite
+from passes.select import CostModel, floor_width
+
+from .latency import (ORT_PROVIDER, is_cuda, elapsed_ms, torch_fn, check_backend, grid, measure_tables, ort_session_fn,
+                      runner, time_fn, unit_spec)
+
+Choose = Callable[[CostModel, float], dict]  # (cost model, budget) -> keep plan
+
+
+def axis_grid(axis: Axis | None, channels: int, floors: Mapping[int, int], sizes: Mapping[int, int],
+              points: int, round_to: int) -> list[int]:
+    """Grid widths for one axis: from its narrowest reachable width to full.
+
+    >>> axis_grid(Axis(((0, 64),), 0), 64, floors={0: 8}, sizes={0: 64}, points=5, round_to=8)
+    [8, 24, 32, 48, 64]
+    """
+    if axis is None or not axis.shares:
+        return [channels]
+    lo = axis.fixed + sum(n * floors[g] / sizes[g] for g, n in axis.shares)
+    return grid(lo, channels, points, round_to)
+
+
+def latency_model(gm: fx.GraphModule, groups: Sequence[Group], layers: Sequence[LayerAxes], backend: str,
+                  round_to: int = 1, min_channels: int = 1, max_ratio: float = 0.9, grid_points: int = 5,
+                  cache=None, timer=None) -> tuple[CostModel, list, dict]:
+    """The measured per-layer latency model as a ``CostModel`` (ms), its tables and build stats."""
+    sizes = {g.id: g.size for g in groups}
+    floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups}
+    specs = [unit_spec(gm, layer) for layer in layers]
+    grids = [(axis_grid(l.inputs, s.channels[0], floors, sizes, grid_points, round_to),
+              axis_grid(l.outputs, s.channels[1], floors, sizes, grid_points, round_to)) for l, s in zip(layers, specs)]
+    tables, stats = measure_tables(specs, grids, backend, cache, timer=timer)
+
+    def layer_ms(i, w_in, w_out):  # axis widths -> the unit's channels (an untracked axis is 1 wide)
+        (c_in, c_out), layer = specs[i].channels, layers[i]
+        return tables[i](None if w_in is None else w_in * c_in / max(layer.inputs.size, 1),
+                         w_out * c_out / max(layer.outputs.size, 1))
+    return CostModel(layers, layer_ms, sizes), tables, stats
+
+
+def measure_models(models: Mapping[str, nn.Module], x: torch.Tensor, backend: str, repeats: int = 5
+                   ) -> dict[str, float]:
+    """Ms of each whole model on the backend: the fastest of ``repeats`` runs, timed round-robin
+    so that load from other processes hits all alike (ORT: on the exported graph; ``trt``: the
+    unpool-lowered one)."""
+    from .onnx_export import export_onnx
+    cuda = is_cuda(backend)
+    fns = {}
+    with tempfile.TemporaryDirectory(prefix="dcp-latency-") as tmp:
+        for name, model in models.items():
+            if backend in ORT_PROVIDER:
+                path = Path(tmp) / f"{name}.onnx"
+                export_onnx(model, path, x, dynamic=False, check=False, lower_unpool=backend == "trt")
+                fns[name] = ort_session_fn(str(path), x, backend)
+            else:
+                fns[name] = torch_fn(copy.deepcopy(model), x, backend)
+        for fn in fns.values():  # warm-up
+            elapsed_ms(fn, 1, cuda)
+        runs = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                runs[k].append(elapsed_ms(fn, 1, cuda))
+    return {k: min(v) for k, v in runs.items()}  # the least disturbed run, as the tables
+
+
+def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group], layers: Sequence[LayerAxes],
+                example: torch.Tensor, target: float, choose: Choose, backend: str = "torch-cpu",
+                round_to: int = 1, min_channels: int = 1, max_ratio: float = 0.9, grid_points: int = 5,
+                cache=None, rounds: int = 3, tolerance: float = 0.05, repeats: int = 5,
+                timer=None, measure=None) -> tuple[dict, dict]:
+    """The keep plan whose compact model measures closest to ``target`` x the original's latency,
+    and a report (tables, rounds, per-layer predicted vs measured). ``timer(module, x)`` and
+    ``measure({name: model})`` replace the backend's clocks (tests)."""
+    if not 0 < target <= 1:
+        raise DCPError(f"target_latency must be a fraction in (0, 1], got {target}")
+    check_backend(backend)
+    cost, tables, stats = latency_model(gm, groups, layers, backend, round_to, min_channels, max_ratio,
+                                        grid_points, cache, timer)
+    measure = measure or (lambda models: measure_models(models, example, backend, repeats))
+    full = cost.total({})
+    budget, tried, best = target * full, [], None
+    floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups if g.prunable}
+    narrowest = cost.total(floors) * (1 + 1e-9)  # the tables' cheapest plan: every group at its floor
+    for _ in range(rounds):
+        budget = max(budget, narrowest)  # the measurement, not the tables, says if the target is out of reach
+        keep = choose(cost, budget)
+        kept = {gid: len(k) for gid, k in keep.items()}
+        predicted = cost.total(kept) / full
+        compact, _ = rewrite(ctx, groups, keep)
+        ms = measure({"original": gm, "compact": compact})
+        measured = ms["compact"] / ms["original"]
+        tried.append({"budget_ms": budget, "predicted_ratio": predicted, "measured_ratio": measured,
+                      "original_ms": ms["original"], "compact_ms": ms["compact"]})
+        if best is None or abs(measured - target) < abs(best[1] - target):
+            best = (keep, measured, predicted, ms)
+        if abs(measured - target) <= tolerance * target:
+            break
+        new_budget = max(_corrected_budget(tried, target, full), narrowest)
+        if abs(new_budget - budget) < 1e-9 * full:  # the same plan again (e.g. at the floors)
+            break
+        budget = new_budget
+    keep, measured, predicted, ms = best
+    if measured > target * (1 + tolerance) and any(r["budget_ms"] <= narrowest for r in tried):
+        raise DCPError(f"target_latency {target} is out of reach on {backend}: the narrowest plan (max_ratio "
+                       f"{max_ratio}) measures {measured:.0%} of the original (fixed costs dominate at this size; "
+                       f"raise max_ratio or the target)")
+    report = {"backend": backend, "target": target, "measured_ratio": measured, "predicted_ratio": predicted,
+              "original_ms": ms["original"], "compact_ms": ms["compact"], "rounds": tried, "table": stats,
+              "layers": _per_layer(cost, tables, keep, backend, timer, full, ms["original"])}
+    return keep, report
+
+
+def _corrected_budget(tried: list[dict], target: float, full: float) -> float:
+    """The next budget: first rescaled by measured/predicted (the tables' ms are off by a
+    factor); from the second round on, the secant through the last two (predicted, measured)
+    points, which also absorbs a constant the tables miss (ops outside the units)."""
+    last = tried[-1]
+    predicted = last["predicted_ratio"] * target / last["measured_ratio"]
+    if len(tried) > 1:
+        prev = tried[-2]
+        slope = (last["measured_ratio"] - prev["measured_ratio"]) / (last["predicted_ratio"] - prev["predicted_ratio"] or 1e-12)
+        if slope > 0:
+            predicted = last["predicted_ratio"] + (target - last["measured_ratio"]) / slope
+    return max(predicted, 1e-6) * full
+
+
+def _per_layer(cost: CostModel, tables, keep: dict, backend: str, timer, full: float, original_ms: float) -> list:
+    """Per layer: full-width and predicted (interpolated) ms, and the unit re-timed at the plan's
+    widths; predicted model ms = the original's measured ms x table share."""
+    kept = {gid: len(k) for gid, k in keep.items()}
+    timer = timer or (lambda module, x: time_fn(runner(module, x, backend), is_cuda(backend), 3))
+    rows = []
+    for i, (layer, table) in enumerate(zip(cost.layers, tables)):
+        spec = table.spec
+        w_out = int(round(cost.width(layer.outputs, kept) * spec.channels[1] / max(layer.outputs.size, 1)))
+        w_in = spec.channels[0] if layer.inputs is None or not layer.inputs.shares else int(round(
+            cost.width(layer.inputs, kept) * spec.channels[0] / max(layer.inputs.size, 1)))
+        rows.append({"node": layer.node, "width": [w_in, w_out], "full_ms": table(None if layer.inputs is None else
+                                                                                 spec.channels[0], spec.channels[1]),
+                     "predicted_ms": cost.layer(i, kept), "measured_ms": float(timer(*spec.build(w_in, w_out)))})
+    return rows
+
+
+def format_latency(rep: dict) -> str:
+    """The latency part of a compile summary: per layer and in total, predicted vs measured."""
+    lines = [f"latency on {rep['backend']} (target {rep['target']:.0%} of the original's measured latency):",
+             f"  {'layer':<28} {'widths':>10} {'full ms':>9} {'pred ms':>9} {'meas ms':>9}"]
+    for r in rep["layers"]:
+        lines.append(f"  {r['node']:<28} {'x'.join(map(str, r['width'])):>10} {r['full_ms']:9.2f} "
+                     f"{r['predicted_ms']:9.2f} {r['measured_ms']:9.2f}")
+    t = rep["table"]
+    lines += [f"  total: predicted {rep['predicted_ratio'] * rep['original_ms']:.1f} ms "
+              f"({rep['predicted_ratio']:.1%}), measured {rep['compact_ms']:.1f} ms ({rep['measured_ratio']:.1%}) "
+              f"vs original {rep['original_ms']:.1f} ms; {len(rep['rounds'])} round(s)",
+              f"  latency table: {t['measured']} timings measured, {t['cached']} from cache, {t['seconds']:.1f} s"]
+    return "\n".join(lines)
