@@ -1,7 +1,8 @@
 """Trace a model to an FX graph whose every node carries its output's shape and type.
 
-Shapes come from meta/fake tensors, so no real forward pass is paid (a leaf module whose
-control flow depends on tensor values falls back to one real forward): every node gets
+Shapes come from formulas for the common layers (passes/shape_formulas.py) and meta/fake
+tensors for the rest, so no real forward pass is paid (a leaf module whose control flow
+depends on tensor values falls back to one real forward): every node gets
 ``meta["tensor_meta"]`` (a ``TensorMetadata``, or a tuple of them for pool-with-indices),
 ``meta["type"]`` (``torch.Tensor``, ``tuple``, ``torch.Size`` ...) and ``meta["val"]``
 (the fake value; ``torch.Size`` nodes hold plain ints).
