@@ -237,3 +237,12 @@ def test_a_shape_error_names_the_node():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(5, 4, 3))
     with pytest.raises(passes.DCPError, match="node '_1' \\(call_module 1\\).*5 channels"):
         passes.trace(model, torch.randn(1, 3, 8, 8))
+
+
+def test_an_op_that_cannot_run_on_meta_falls_back_to_fake_tensors():
+    class CpuConstant(nn.Module):  # a tensor made inside forward lives on the CPU: meta * CPU fails
+        def forward(self, x):
+            return nn.functional.relu(x) * torch.ones(1, x.shape[1], 1, 1) + 1.5
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), CpuConstant())
+    assert_metadata_matches_a_real_forward(model, torch.randn(2, 3, 7, 7))
