@@ -76,8 +76,13 @@ def run_case(width: float, backend: str, targets: list[float], size: int, round_
             case[f"table_{label}_s"] = time.perf_counter() - start
             case[f"table_{label}_timings"] = stats["measured"]
         for target in targets:
-            keep, rep = fit_latency(gm, ctx, groups, layers, x, target, choose, backend, round_to, cache=cache,
-                                    repeats=repeats, grid_points=grid)
+            try:
+                keep, rep = fit_latency(gm, ctx, groups, layers, x, target, choose, backend, round_to, cache=cache,
+                                        repeats=repeats, grid_points=grid)
+            except DCPError as e:  # e.g. out of reach at this size: a row that says so, not a lost run
+                case["targets"].append({"target": target, "error": str(e)})
+                print(f"width {width} {backend} target {target}: {e}", flush=True)
+                continue
             mac_keep, _, _ = mac_plan_at_latency(choose, macs, lat, rep["predicted_ratio"])
             ms = measure_models({"original": gm, "latency": rewrite(ctx, groups, keep)[0],
                                  "macs": rewrite(ctx, groups, mac_keep)[0]}, x, backend, repeats)
@@ -113,6 +118,10 @@ def markdown(cases: list[dict], command: str, seconds: float) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cases:
         for t in c["targets"]:
+            if "error" in t:
+                lines.append(f"| {c['width']} | {c['backend']} | {t['target']} | {t['error']} | | | "
+                             f"{c['table_cold_s']:.1f} ({c['table_cold_timings']}) | {c['table_cached_s']:.2f} | | | |")
+                continue
             lines.append(f"| {c['width']} | {c['backend']} | {t['target']} | {t['measured_ratio']:.3f} | "
                          f"{t['error_pct']:+.1f} | {t['rounds']} | {c['table_cold_s']:.1f} ({c['table_cold_timings']}) | "
                          f"{c['table_cached_s']:.2f} | {t['compare_latency_ratio']:.3f} / {t['compare_mac_plan_ratio']:.3f} | "
