@@ -141,8 +141,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--grid", type=int, default=5, help="latency table points per axis")
     p.add_argument("--stem", default=None, help="results file name (default latency_budget[_quick])")
+    p.add_argument("--threads", type=int, default=None, help="torch/ORT intra-op threads (default: torch's)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.widths, args.backends, args.targets = [0.25], ["torch-cpu"], [0.5]
     start = time.time()
@@ -151,7 +154,8 @@ def main() -> None:
     stem = args.stem or ("latency_budget_quick" if args.quick else "latency_budget")
     command = "python benchmarks/latency_budget.py" + (" --quick" if args.quick else "") + (
         "" if args.quick else f" --widths {' '.join(map(str, args.widths))} --backends {' '.join(args.backends)} "
-                              f"--targets {' '.join(map(str, args.targets))} --size {args.size} --grid {args.grid}")
+                              f"--targets {' '.join(map(str, args.targets))} --size {args.size} --grid {args.grid}") + (
+        f" --threads {args.threads}" if args.threads else "")
     md = markdown(cases, command, time.time() - start)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
