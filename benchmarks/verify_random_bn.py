@@ -67,8 +67,10 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", default=["96x128"])
     p.add_argument("--full-size-check", action="store_true",
                    help="also compare in float64 at the full input size, outside the compiler")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on a shared machine)")
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
     for size, ratio, round_to in itertools.product(args.sizes, args.ratios, args.round_to):

@@ -59,8 +59,12 @@ CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Paramet
 
 def _module_spec(mod: nn.Module) -> dict:
     cls = type(mod)
-    if getattr(nn, cls.__name__, None) is not cls:
-        raise DCPError(f"cannot save module of type {cls.__module__}.{cls.__name__}: only torch.nn types")
+    try:
+        allowed = _module_class(cls.__name__) is cls
+    except DCPError:
+        allowed = False
+    if not allowed:
+        raise DCPError(f"cannot save module of type {cls.__module__}.{cls.__name__}: only torch.nn layers")
     kwargs = {}
     for name, param in inspect.signature(cls.__init__).parameters.items():
         if name in ("self", "device", "dtype") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -190,7 +194,7 @@ def spec_to_graph(spec: dict, state_dict: dict[str, torch.Tensor]) -> fx.GraphMo
         if _qualname(name, "attribute") not in state_dict:
             raise DCPError(f"bad graph file: attribute '{name}' has no tensor in the weights")
         _set_attr(root, name, state_dict[name])
-    graph, env = fx.Graph(), {}
+    graph, env, inputs = fx.Graph(), {}, set()
     for i, n in enumerate(nodes):
         if not (isinstance(n, dict) and isinstance(n.get("name"), str) and n["name"] not in env):
             raise DCPError(f"bad graph file: node #{i} has no name or a duplicate one")
@@ -198,6 +202,10 @@ def spec_to_graph(spec: dict, state_dict: dict[str, torch.Tensor]) -> fx.GraphMo
             op, target, args, kwargs = _check_node(n, env, set(modules), set(state_dict))
         except DCPError as e:
             raise DCPError(f"{e} (node #{i} '{n['name']}')") from None
+        if op == "placeholder":
+            if target in inputs or target == "self":  # forward(self, x, x) would not compile
+                raise DCPError(f"bad graph file: input name '{target}' is used twice")
+            inputs.add(target)
         env[n["name"]] = graph.create_node(op, target, args, kwargs, name=n["name"])
     if [n.op for n in graph.nodes].count("output") != 1 or (nodes and nodes[-1].get("op") != "output"):
         raise DCPError("bad graph file: the graph must end with its one output node")

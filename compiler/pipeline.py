@@ -104,7 +104,7 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
             target_macs: float | None = None, target_latency: float | None = None, backend: str = "torch-cpu",
             normalize: str = "auto", max_ratio: float = 0.9, latency_options: Mapping[str, Any] | None = None
             ) -> CompileResult:
-    """Compile ``model`` to a compact GraphModule. See DESIGN.md "Public contract".
+    """Compile ``model`` to a compact GraphModule. The stages and the public API: docs/architecture.md.
 
     ``target_macs``: keep at most this fraction of the MACs (e.g. 0.5); ``target_latency``: the
     compact model's latency on ``backend`` (measured at the example's shape) is this fraction of

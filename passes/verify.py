@@ -57,28 +57,31 @@ class VerifyResult(NamedTuple):
 
 
 class Axis(NamedTuple):
-    """The channel axis (dim 1) of one node output: its width, kept and dropped positions."""
-    width: int
-    kept: torch.Tensor
-    dropped: torch.Tensor
+    """Where a node output's channel space lies and what of it is kept: the space covers the
+    tensor dims ``start .. start + kept.ndim - 1`` (one dim, usually dim 1; a moved channel dim
+    after a permute; or a box of several dims after a reshape spreads the channels, e.g. a
+    channel shuffle's ``view(N, g, C // g, H, W)``); ``kept`` is a bool array of the space's shape."""
+    start: int
+    kept: np.ndarray
 
 
 def channel_axes(keep_map: KeepMap) -> dict[str, Any]:
     """``{node name: Axis, or a tuple of them for multi-output nodes}`` for every node whose
     output loses channels (nodes left out are untouched)."""
-    def axis(space: Any) -> Any:
+    ctx, find, dropped = keep_map.ctx, keep_map.ctx.ids.find, keep_map.dropped
+
+    def axis(space: Any, start: int) -> Any:
         if isinstance(space, np.ndarray):
-            kept = keep_map.kept_positions(space)
-            if kept is None:
+            if space.size == 0:
                 return None
-            dropped = np.setdiff1d(np.arange(len(space)), kept)
-            return Axis(len(space), torch.as_tensor(kept, dtype=torch.long), torch.as_tensor(dropped))
+            kept = np.fromiter((find(i) not in dropped for i in space.ravel().tolist()), bool, space.size)
+            return None if kept.all() else Axis(start, kept.reshape(space.shape))
         if isinstance(space, (tuple, list)):
-            axes = tuple(axis(s) for s in space)
+            axes = tuple(axis(s, start) for s in space)
             return axes if any(a is not None for a in axes) else None
         return None
 
-    axes = {node.name: axis(space) for node, space in keep_map.ctx.spaces.items()}
+    axes = {node.name: axis(space, ctx.channel_axis.get(node, 1)) for node, space in ctx.spaces.items()}
     return {name: a for name, a in axes.items() if a is not None}
 
 
@@ -87,9 +90,10 @@ def _per_tensor(value: Any, axes: Any, node: str, fn) -> Any:
     if axes is None:
         return value
     if isinstance(axes, Axis):
-        if not (isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == axes.width):
-            raise DCPError(f"verification: node '{node}' has a channel space of {axes.width} positions but "
-                           f"produced {_describe(value)} (a compiler bug; please report it)")
+        dims = slice(axes.start, axes.start + axes.kept.ndim)
+        if not (isinstance(value, torch.Tensor) and tuple(value.shape[dims]) == axes.kept.shape):
+            raise DCPError(f"verification: node '{node}' has a channel space of shape {axes.kept.shape} at dim "
+                           f"{axes.start} but produced {_describe(value)} (a compiler bug; please report it)")
         return fn(value, axes)
     if isinstance(value, (tuple, list)) and len(value) == len(axes):
         return type(value)(_per_tensor(v, a, node, fn) for v, a in zip(value, axes))
@@ -106,11 +110,18 @@ def _describe(value: Any) -> str:
 def _zero_dropped(t: torch.Tensor, axis: Axis) -> torch.Tensor:
     if not t.is_floating_point():  # pool indices: positions, not activations
         return t
-    return t.index_fill(1, axis.dropped.to(t.device), 0)  # out of place; also clears inf/nan
+    shape = [1] * axis.start + list(axis.kept.shape) + [1] * (t.dim() - axis.start - axis.kept.ndim)
+    keep = torch.as_tensor(axis.kept, device=t.device).view(shape)
+    return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))  # also clears inf/nan
 
 
 def _kept_copy(t: torch.Tensor, axis: Axis) -> torch.Tensor:
-    return t.index_select(1, axis.kept.to(t.device))
+    """The kept positions along each dim of the space (a box: the analysis keeps whole rows)."""
+    for j in range(axis.kept.ndim):
+        others = tuple(k for k in range(axis.kept.ndim) if k != j)
+        kept = np.nonzero(axis.kept.any(axis=others) if others else axis.kept)[0]
+        t = t.index_select(axis.start + j, torch.as_tensor(kept, dtype=torch.long, device=t.device))
+    return t
 
 
 class MaskedGraph(fx.Interpreter):

@@ -127,6 +127,21 @@ def placeholder_code_in_name(spec, sentinel):
     spec["nodes"][0]["target"] = f"x, y=__import__('os').system('{shell(sentinel)}')"
 
 
+def placeholder_twice(spec, sentinel):
+    spec["nodes"][1:1] = [node("x2", "placeholder", "x")]
+
+
+def placeholder_self(spec, sentinel):
+    spec["nodes"][1:1] = [node("x2", "placeholder", "self")]
+
+
+def node_name_with_code(spec, sentinel):
+    """Node names are sanitised by torch.fx: this one must load and run, harmlessly."""
+    name = f"k = __import__('os').system('{shell(sentinel)}'); k"
+    spec["nodes"][-1:-1] = [node(name, "call_function", "torch.relu", [ref("x")])]
+    spec["nodes"][-1]["args"] = {"tuple": [ref(name)]}
+
+
 def kwarg_code_in_name(spec, sentinel):
     spec["nodes"][-1:-1] = [node("k", "call_function", "torch.relu", [ref("x")],
                                  {f"inplace=__import__('os').system('{shell(sentinel)}'), z": 1})]
@@ -147,7 +162,7 @@ def second_output(spec, sentinel):
 ATTACKS = [getattribute_chain, dtype_dunder, dtype_not_a_dtype, function_os_system, function_eval,
            method_dunder_class, method_private, method_code_in_name, method_on_a_constant, module_base_class,
            module_not_nn, module_container, unknown_op, get_attr_missing, get_attr_dunder, get_attr_code_in_name,
-           undefined_node, placeholder_code_in_name, kwarg_code_in_name, module_code_in_name, raw_list_value,
+           undefined_node, placeholder_code_in_name, placeholder_twice, placeholder_self, kwarg_code_in_name, module_code_in_name, raw_list_value,
            second_output]
 
 
@@ -168,6 +183,13 @@ def test_a_crafted_graph_is_refused_before_anything_runs(artifact, tmp_path, att
         model = load(folder)
         model(torch.randn(1, 4, 8, 8))  # only reached if loading wrongly succeeded
     assert "\n" not in str(e.value)
+    assert not sentinel.exists()
+
+
+def test_node_names_cannot_carry_code(artifact, tmp_path):
+    folder, sentinel = crafted(artifact, tmp_path, node_name_with_code)
+    y = load(folder)(torch.randn(1, 4, 8, 8))
+    assert y.shape == (1, 4, 8, 8) and (y >= 0).all()  # the output is now relu(x): the crafted node ran
     assert not sentinel.exists()
 
 
