@@ -197,7 +197,7 @@ def reshape(ctx: ChannelAnalysis, node: fx.Node):
     full = np.broadcast_to(box.reshape(placed), shape_in[lo:hi]).reshape(shape_out[dims_out[0]: dims_out[-1] + 1])
     _state(ctx, "views")[node] = (dims_out[0], full)
     out, out_axis = _trim(full, dims_out[0])
-    why = _unfollowed_count(ctx, node, src, out, out_axis) if out.ndim == 1 else None
+    why = _unfollowed_count(ctx, node, src, out, out_axis)
     if why is not None:
         return freeze_node(ctx, node, f"{_why(node)} {why}")
     return record(ctx, node, out, out_axis, _box_flags(ctx, node, src, box, out, out_axis))
@@ -246,10 +246,26 @@ def _follows_channels(ctx, size, src: fx.Node) -> bool:
             and _channel_count_of(ctx, size.args[0], src))
 
 
+_SIZE_ARITHMETIC = {operator.mul, operator.floordiv, operator.add, operator.sub}
+
+
+def _independent_of_channels(ctx: ChannelAnalysis, size, depth: int = 0) -> bool:
+    """A size entry computed from literals and batch/spatial sizes only."""
+    if isinstance(size, int) or (isinstance(size, tuple) and size[1] != axis_of(ctx, size[0])):
+        return True
+    source = _size_source(size)
+    if source is not None:
+        return source[1] != axis_of(ctx, source[0]) or ctx.space(source[0]) is None
+    if isinstance(size, fx.Node) and size.target in _SIZE_ARITHMETIC and depth < 16:
+        return all(_independent_of_channels(ctx, a, depth + 1) for a in size.args)
+    return False
+
+
 def _unfollowed_count(ctx: ChannelAnalysis, node: fx.Node, src: fx.Node, out: np.ndarray, axis: int) -> str | None:
-    """Why the size a view/reshape call gives for its (1-D) channel dim would not follow the
-    pruning, or None. A count read from another tensor's channel dim ties the two spaces
-    (the counts are then equal by construction)."""
+    """Why the sizes a view/reshape call gives would not follow the pruning, or None. Dims
+    outside the channel box must not depend on a channel count; a 1-D box's count may be a
+    literal (rewritten), -1, or read from another tensor's channel dim -- that ties the two
+    spaces (the counts are then equal by construction)."""
     parsed = _sizes_of_call(node) if node.target in ("view", "reshape", torch.reshape) else None
     if parsed is None:
         return None
@@ -259,8 +275,13 @@ def _unfollowed_count(ctx: ChannelAnalysis, node: fx.Node, src: fx.Node, out: np
         if whole.target is getattr and whole.args[1] != "shape" or len(whole.args) != (2 if whole.target is getattr else 1):
             return f"takes its shape from {whole.name}"
         sizes = [(whole.args[0], k) for k in range(len(ctx.shape(node)))]
-    if axis >= len(sizes):
+    if axis + out.ndim > len(sizes):
         return f"gives no size for the channel dim {axis}"
+    for d, other in enumerate(sizes):
+        if not axis <= d < axis + out.ndim and not _independent_of_channels(ctx, other):
+            return f"computes the size of dim {d} from a channel count (it would not follow pruning)"
+    if out.ndim > 1:
+        return None  # box dims: see _box_flags
     size = sizes[axis]
     if isinstance(size, int):
         return None
