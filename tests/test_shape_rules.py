@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 import compiler
@@ -286,7 +286,7 @@ def test_merging_channels_into_the_batch_freezes_naming_the_node():
 
 # --- random graphs --------------------------------------------------------------------------------
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(random_shape_nets(), st_ratio := __import__("hypothesis").strategies.floats(0.1, 0.8))
+@given(random_shape_nets(), st.floats(0.1, 0.8))
 def test_random_shape_nets_are_exact(net, ratio):
     model, x = net
     ctx, groups, keep, compact, kept, err = prune(model, x, ratio=ratio)
