@@ -7,12 +7,13 @@ misses the target by more than ``tolerance`` (relative), the budget is rescaled 
 measured/predicted (then by the secant through the last two rounds) and the selection rerun,
 a few ``rounds`` at most; the closest plan wins.
 Original and compact are timed interleaved (the same load hits both), so the RATIO is robust
-to other processes on the machine even when absolute times are not.
+to other processes on the machine even when absolute times are not. A machine heavily loaded
+by other work (more runnable threads than cores) still distorts single timings by whole
+scheduler slices: measure on a quiet machine.
 """
 from __future__ import annotations
 
 import copy
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -34,7 +35,11 @@ Choose = Callable[[CostModel, float], dict]  # (cost model, budget) -> keep plan
 
 def axis_grid(axis: Axis | None, channels: int, floors: Mapping[int, int], sizes: Mapping[int, int],
               points: int, round_to: int) -> list[int]:
-    """Grid widths for one axis: from its narrowest reachable width to full."""
+    """Grid widths for one axis: from its narrowest reachable width to full.
+
+    >>> axis_grid(Axis(((0, 64),), 0), 64, floors={0: 8}, sizes={0: 64}, points=5, round_to=8)
+    [8, 24, 32, 48, 64]
+    """
     if axis is None or not axis.shares:
         return [channels]
     lo = axis.fixed + sum(n * floors[g] / sizes[g] for g, n in axis.shares)
@@ -61,8 +66,9 @@ def latency_model(gm: fx.GraphModule, groups: Sequence[Group], layers: Sequence[
 
 def measure_models(models: Mapping[str, nn.Module], x: torch.Tensor, backend: str, repeats: int = 5
                    ) -> dict[str, float]:
-    """Median ms of each whole model on the backend, timed round-robin (ORT: on the exported
-    graph; ``trt``: the unpool-lowered one)."""
+    """Ms of each whole model on the backend: the fastest of ``repeats`` runs, timed round-robin
+    so that load from other processes hits all alike (ORT: on the exported graph; ``trt``: the
+    unpool-lowered one)."""
     from .onnx_export import export_onnx
     cuda = is_cuda(backend)
     fns = {}
@@ -80,7 +86,7 @@ def measure_models(models: Mapping[str, nn.Module], x: torch.Tensor, backend: st
         for _ in range(repeats):
             for k, fn in fns.items():
                 runs[k].append(elapsed_ms(fn, 1, cuda))
-    return {k: statistics.median(v) for k, v in runs.items()}
+    return {k: min(v) for k, v in runs.items()}  # the least disturbed run, as the tables
 
 
 def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group], layers: Sequence[LayerAxes],
@@ -99,16 +105,11 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
     measure = measure or (lambda models: measure_models(models, example, backend, repeats))
     full = cost.total({})
     budget, tried, best = target * full, [], None
+    floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups if g.prunable}
+    narrowest = cost.total(floors) * (1 + 1e-9)  # the tables' cheapest plan: every group at its floor
     for _ in range(rounds):
-        try:
-            keep = choose(cost, budget)
-        except DCPError as e:  # a correction asked for less than the floors allow: keep the best so far
-            if best is None:
-                floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups if g.prunable}
-                raise DCPError(f"target_latency {target} is out of reach on {backend}: with every group at its "
-                               f"floor the measured tables predict {cost.total(floors) / full:.0%} of the original "
-                               f"(fixed costs dominate at this size; raise max_ratio or the target)") from e
-            break
+        budget = max(budget, narrowest)  # the measurement, not the tables, says if the target is out of reach
+        keep = choose(cost, budget)
         kept = {gid: len(k) for gid, k in keep.items()}
         predicted = cost.total(kept) / full
         compact, _ = rewrite(ctx, groups, keep)
@@ -120,11 +121,15 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
             best = (keep, measured, predicted, ms)
         if abs(measured - target) <= tolerance * target:
             break
-        new_budget = _corrected_budget(tried, target, full)
-        if abs(new_budget - budget) < 1e-9 * full:
+        new_budget = max(_corrected_budget(tried, target, full), narrowest)
+        if abs(new_budget - budget) < 1e-9 * full:  # the same plan again (e.g. at the floors)
             break
         budget = new_budget
     keep, measured, predicted, ms = best
+    if measured > target * (1 + tolerance) and any(r["budget_ms"] <= narrowest for r in tried):
+        raise DCPError(f"target_latency {target} is out of reach on {backend}: the narrowest plan (max_ratio "
+                       f"{max_ratio}) measures {measured:.0%} of the original (fixed costs dominate at this size; "
+                       f"raise max_ratio or the target)")
     report = {"backend": backend, "target": target, "measured_ratio": measured, "predicted_ratio": predicted,
               "original_ms": ms["original"], "compact_ms": ms["compact"], "rounds": tried, "table": stats,
               "layers": _per_layer(cost, tables, keep, backend, timer, full, ms["original"])}
