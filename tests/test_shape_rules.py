@@ -192,6 +192,16 @@ def test_convnext_block_prunes_the_hidden_linear_and_freezes_the_normalised_chan
     assert trunk.frozen and "normalises across channels" in trunk.frozen and trunk.frozen.startswith("_1_norm:")
 
 
+def test_channels_last_blocks_compile_through_the_public_api():
+    torch.manual_seed(6)
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ConvNeXtBlock(8), ConvNeXtBlock(8, norm=False),
+                                       nn.Conv2d(8, 2, 1)))
+    res = compiler.compile(model, torch.randn(1, 3, 8, 8), widths={"1.pwconv1": 12, "2.pwconv1": 20})
+    assert res.report["verify"]["masked_rel"] < 1e-9
+    assert len(res.kept["1.pwconv1"]) == 12 and "0" not in res.kept  # the LayerNorm'ed trunk is frozen
+    assert res.module.get_submodule("2.pwconv1").out_features == 20
+
+
 def test_channels_last_mlp_without_norm_prunes_the_channels_too():
     torch.manual_seed(7)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ConvNeXtBlock(8, norm=False), nn.Conv2d(8, 2, 1)).eval()
