@@ -27,8 +27,8 @@ transposes, merges and splits of the box dims (the kept positions keep their row
 order). Literal sizes in ``view``/``reshape`` calls are rewritten to the compact box
 (``rewrite_view``); sizes computed in the graph (``x.size(1) // g``) follow by themselves.
 
-Split/chunk along the channel dim: each piece is a slice of the space and, when it is a
-run of one producer's fresh channels, its own group (so every piece keeps a channel).
+Split/chunk along the channel dim: each piece is a slice of the space, and the channels of
+each piece become groups of their own (so pruning keeps a channel in every piece).
 The compact call is ``split`` with the kept count of each piece (``rewrite_split``): a
 ``chunk`` of pieces pruned to unequal sizes is no longer a chunk. (Tying the pieces would
 keep the chunk but couple unrelated channels: in ShuffleNet v2 the chunk after every
@@ -197,6 +197,9 @@ def reshape(ctx: ChannelAnalysis, node: fx.Node):
     full = np.broadcast_to(box.reshape(placed), shape_in[lo:hi]).reshape(shape_out[dims_out[0]: dims_out[-1] + 1])
     _state(ctx, "views")[node] = (dims_out[0], full)
     out, out_axis = _trim(full, dims_out[0])
+    why = _unfollowed_count(ctx, node, src, out, out_axis) if out.ndim == 1 else None
+    if why is not None:
+        return freeze_node(ctx, node, f"{_why(node)} {why}")
     return record(ctx, node, out, out_axis, _box_flags(ctx, node, src, box, out, out_axis))
 
 
@@ -208,30 +211,69 @@ def _box_flags(ctx, node, src, box_in, out, out_axis) -> list[bool] | None:
     if node.target in ("view", "reshape", torch.reshape):
         parsed = _sizes_of_call(node)
         sizes = parsed[0] if parsed else []
-        return [d < len(sizes) and _follows_channels(sizes[d], src) for d in range(out_axis, out_axis + out.ndim)]
+        return [d < len(sizes) and _follows_channels(ctx, sizes[d], src) for d in range(out_axis, out_axis + out.ndim)]
     if out.shape == box_in.shape:
         return shrink_flags(ctx, src, box_in)
     return [False] * out.ndim
 
 
-def _follows_channels(size, src: fx.Node) -> bool:
-    """A size entry the compact graph can change: -1, a literal (rewritten), or the reshaped
-    tensor's channel count divided by a literal (``x.size(1) // g``, as torchvision's
-    channel_shuffle computes it)."""
-    if isinstance(size, int):
+def _size_source(size) -> tuple[fx.Node, int] | None:
+    """``(t, k)`` when a size entry reads dim ``k`` of tensor ``t`` (``t.size(k)``,
+    ``t.size()[k]``, ``t.shape[k]``)."""
+    if not isinstance(size, fx.Node):
+        return None
+    if size.op == "call_method" and size.target == "size" and len(size.args) == 2:
+        return size.args[0], size.args[1]
+    if size.target is operator.getitem and isinstance(size.args[0], fx.Node) and isinstance(size.args[1], int):
+        shape = size.args[0]
+        if shape.target == "size" and len(shape.args) == 1 or shape.target is getattr and shape.args[1] == "shape":
+            return shape.args[0], size.args[1]
+    return None
+
+
+def _channel_count_of(ctx, size, src: fx.Node) -> bool:
+    source = _size_source(size)
+    return source is not None and source[0] is src and source[1] == axis_of(ctx, src)
+
+
+def _follows_channels(ctx, size, src: fx.Node) -> bool:
+    """A size entry of a box dim the compact graph can change: -1, a literal (rewritten), the
+    reshaped tensor's channel count or that divided by a literal (``x.size(1) // g``, as
+    torchvision's channel_shuffle computes it)."""
+    if isinstance(size, int) or _channel_count_of(ctx, size, src):
         return True
-    if not (isinstance(size, fx.Node) and size.target is operator.floordiv and isinstance(size.args[1], int)):
-        return False
-    count = size.args[0]
-    if not isinstance(count, fx.Node):
-        return False
-    if count.op == "call_method" and count.target == "size" and len(count.args) == 2:
-        return count.args[0] is src and count.args[1] == 1
-    if count.target is operator.getitem and isinstance(count.args[0], fx.Node) and count.args[1] == 1:
-        shape = count.args[0]
-        return shape.args[0] is src and (shape.target == "size" and len(shape.args) == 1
-                                         or shape.target is getattr and shape.args[1] == "shape")
-    return False
+    return (isinstance(size, fx.Node) and size.target is operator.floordiv and isinstance(size.args[1], int)
+            and _channel_count_of(ctx, size.args[0], src))
+
+
+def _unfollowed_count(ctx: ChannelAnalysis, node: fx.Node, src: fx.Node, out: np.ndarray, axis: int) -> str | None:
+    """Why the size a view/reshape call gives for its (1-D) channel dim would not follow the
+    pruning, or None. A count read from another tensor's channel dim ties the two spaces
+    (the counts are then equal by construction)."""
+    parsed = _sizes_of_call(node) if node.target in ("view", "reshape", torch.reshape) else None
+    if parsed is None:
+        return None
+    sizes = parsed[0]
+    if len(sizes) == 1 and isinstance(sizes[0], fx.Node) and sizes[0].target in ("size", getattr):
+        whole = sizes[0]  # x.view(y.shape), x.view(y.size()): every dim read from y
+        if whole.target is getattr and whole.args[1] != "shape" or len(whole.args) != (2 if whole.target is getattr else 1):
+            return f"takes its shape from {whole.name}"
+        sizes = [(whole.args[0], k) for k in range(len(ctx.shape(node)))]
+    if axis >= len(sizes):
+        return f"gives no size for the channel dim {axis}"
+    size = sizes[axis]
+    if isinstance(size, int):
+        return None
+    source = size if isinstance(size, tuple) else _size_source(size)
+    if source is None:
+        return f"computes its channel count ({getattr(size, 'name', size)}) in a way the rule cannot follow"
+    t, k = source
+    space = ctx.space(t)
+    if not (isinstance(space, np.ndarray) and space.ndim == 1 and k == axis_of(ctx, t) and len(space) == len(out)):
+        return f"reads its channel count from dim {k} of {t.name}, which does not hold {len(out)} channels"
+    if t is not src and not np.array_equal(np.sort(roots(ctx, space)), np.sort(roots(ctx, out))):
+        ctx.tie(space, out, node)  # (the same channels in another order count the same already)
+    return None
 
 
 def box_sizes(keep_map, full: np.ndarray, where: str) -> list[int]:
@@ -316,33 +358,39 @@ def transpose(ctx: ChannelAnalysis, node: fx.Node):
 
 
 # --- split / chunk ---------------------------------------------------------------------------
-def _own_group(ctx: ChannelAnalysis, piece: np.ndarray) -> bool:
-    """Make a piece that is a run of fresh ids its own allocations (its own group, so pruning
-    keeps one of its channels): split the allocations it cuts. False if it is no such run."""
-    start, stop = int(piece[0]), int(piece[0]) + len(piece)
-    if not np.array_equal(piece, np.arange(start, stop)):
-        return False
-    allocs = ctx.allocations
-    i = bisect.bisect_right(allocs, start, key=lambda r: r.start) - 1
-    if i < 0 or allocs[i].stop <= start:
-        return False
-    j = i
-    while j < len(allocs) and allocs[j].start < stop:
-        j += 1
-    covered = allocs[i:j]
-    if any(a.stop != b.start for a, b in zip(covered, covered[1:])) or covered[-1].stop < stop:
-        return False
-    parts = []
-    for r in covered:
-        lo, hi = max(r.start, start), min(r.stop, stop)
-        parts += [p for p in (range(r.start, lo), range(lo, hi), range(hi, r.stop)) if len(p)]
-    allocs[i:j] = parts
-    return True
+def all_roots(ctx: ChannelAnalysis) -> np.ndarray:
+    """The root of every id (vectorised pointer jumping over the union-find's parents)."""
+    parent = np.asarray(ctx.ids.parent, dtype=np.int64)
+    while True:
+        up = parent[parent]
+        if np.array_equal(up, parent):
+            return parent
+        parent = up
+
+
+def separate_pieces(ctx: ChannelAnalysis, pieces: tuple) -> None:
+    """Refine the allocations so none mixes channels whose identities lie in different pieces
+    (or in a piece and in none): each piece's channels become groups of their own, so
+    pruning keeps at least one channel of every piece (an empty piece has no compact form)."""
+    roots = all_roots(ctx)
+    label = np.full(len(roots), -1, dtype=np.int64)  # -1: in no piece, -2: in several
+    for k, piece in enumerate(pieces):
+        r = roots[piece]
+        label[r] = np.where((label[r] == -1) | (label[r] == k), k, -2)
+    refined = []
+    for alloc in ctx.allocations:
+        lab = label[roots[alloc.start:alloc.stop]]
+        if (lab == lab[0]).all():
+            refined.append(alloc)
+            continue
+        cuts = [0, *(np.nonzero(lab[1:] != lab[:-1])[0] + 1).tolist(), len(lab)]
+        refined += [range(alloc.start + a, alloc.start + b) for a, b in zip(cuts, cuts[1:])]
+    ctx.allocations[:] = refined
 
 
 def split(ctx: ChannelAnalysis, node: fx.Node):
-    """split/chunk: along the channel dim each piece is a slice of the space (its own group
-    when it is one producer's run); along another dim every piece keeps the space."""
+    """split/chunk: along the channel dim each piece is a slice of the space (its channels
+    their own groups); along another dim every piece keeps the space."""
     src = node.args[0]
     space = ctx.space(src)
     pieces = node.meta.get("tensor_meta")
@@ -363,12 +411,7 @@ def split(ctx: ChannelAnalysis, node: fx.Node):
     sizes = [p.shape[dim] for p in pieces]
     starts = np.cumsum([0] + sizes)
     out = tuple(space[s:s + n] for s, n in zip(starts.tolist(), sizes))
-    if not all([_own_group(ctx, piece) for piece in out if len(piece)]):
-        # pieces of channels shared with other groups: tie them so each keeps what the others keep
-        if len(set(sizes)) != 1:
-            return freeze_node(ctx, node, f"{_why(node)} splits shared channels into pieces of unequal sizes {sizes}")
-        for piece in out[1:]:
-            ctx.tie(out[0], piece, node)
+    separate_pieces(ctx, out)
     _state(ctx, "splits")[node] = dim
     return record(ctx, node, out, axis)
 

