@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.fx.node import map_aggregate
 
 from .errors import DCPError
 from .rewrite import KeepMap
@@ -124,7 +125,27 @@ def _kept_copy(t: torch.Tensor, axis: Axis) -> torch.Tensor:
     return t
 
 
-class MaskedGraph(fx.Interpreter):
+LOWER_FLOAT_CASTS = {"float", "half", "bfloat16"}
+
+
+def _keep_float64(value: Any) -> Any:
+    return torch.float64 if isinstance(value, torch.dtype) and value.is_floating_point else value
+
+
+class Float64Graph(fx.Interpreter):
+    """Runs a graph in float64 even where the model casts to a lower float precision
+    (``x.float()``, ``x.half()``, ``x.to(torch.float32)``): the check compares float64 copies,
+    and such a cast would otherwise feed float32 activations to float64 weights."""
+
+    def call_method(self, target, args, kwargs):
+        if target in LOWER_FLOAT_CASTS and isinstance(args[0], torch.Tensor) and args[0].dtype == torch.float64:
+            return args[0]
+        if target in ("to", "type"):
+            args, kwargs = map_aggregate(args, _keep_float64), map_aggregate(kwargs, _keep_float64)
+        return super().call_method(target, args, kwargs)
+
+
+class MaskedGraph(Float64Graph):
     """Runs a traced original with the dropped channels of every node's output zeroed.
 
     ``keep_map`` describes the plan; ``gm`` is its traced graph or a copy of it (node names
@@ -189,9 +210,13 @@ def max_error(a: Any, b: Any) -> tuple[float, float]:
     return abs_err, abs_err / max(scale, 1e-300)
 
 
+def _run(model: nn.Module, inputs: tuple) -> Any:
+    return Float64Graph(model).run(*inputs) if isinstance(model, fx.GraphModule) else model(*inputs)
+
+
 def _run_compact(compact: nn.Module, inputs: tuple) -> Any:
     try:
-        return compact(*inputs)
+        return _run(compact, inputs)
     except Exception as e:  # name the node rather than show a generated-code stack
         raise DCPError(f"rewrite check failed: the compact model cannot run: {_failing_node(compact, inputs, e)} "
                        f"(a compiler bug; please report it)") from e
@@ -200,7 +225,7 @@ def _run_compact(compact: nn.Module, inputs: tuple) -> Any:
 def _failing_node(compact: nn.Module, inputs: tuple, error: Exception) -> str:
     where = {}
 
-    class Locate(fx.Interpreter):
+    class Locate(Float64Graph):
         def run_node(self, n):
             where["node"] = n
             return super().run_node(n)
@@ -228,7 +253,7 @@ def verify(compact: nn.Module, keep_map: KeepMap, inputs: Any, original_output: 
     out_masked = MaskedGraph(original, keep_map).run(*inputs)
     out_compact = _run_compact(float64_copy(compact), inputs)
     if original_output is None:
-        original_output = original(*inputs)
+        original_output = _run(original, inputs)
     return VerifyResult(*max_error(out_compact, out_masked), *max_error(out_compact, original_output))
 
 
@@ -246,7 +271,7 @@ def first_divergence(compact: fx.GraphModule, keep_map: KeepMap, inputs: Any,
     class Diverged(Exception):
         pass
 
-    class Compare(fx.Interpreter):
+    class Compare(Float64Graph):
         def run_node(self, n):
             out = super().run_node(n)
             if n.name in reference.kept_outputs and _tensors(out):
