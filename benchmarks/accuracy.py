@@ -59,9 +59,8 @@ def run_seed(work: Path, s: demo.DemoSettings, teacher, data, seed: int) -> dict
     students[VARIANTS[3]] = demo.finetune_step(w / "dcp_scratch", s, w / "dcp_compiled", teacher, data,
                                                init="scratch")
     # the latency budget = the MAC-driven student's measured latency: equal latency, not equal MACs
-    ms = measure_models({"sparse": sparse, "macs": mac_res.module}, latency_input(s), s.backend, repeats=5)
-    target = min(1.0, ms["macs"] / ms["sparse"])  # a noisy timing must not ask for more than the original
-    demo.compile_step(w / "dcp_latency_compiled", dataclasses.replace(s, target_latency=target), sparse)
+    demo.compile_step(w / "dcp_latency_compiled", s, sparse,
+                      target_latency=demo.equal_latency_target(dataclasses.replace(s, target_latency=None), sparse, mac_res))
     students[VARIANTS[4]] = demo.finetune_step(w / "dcp_latency", s, w / "dcp_latency_compiled", teacher, data)
     return students
 

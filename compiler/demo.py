@@ -1,7 +1,8 @@
 """``dcp demo``: the whole method on the built-in synthetic data, ending in a report.
 
 synthetic data -> small teacher -> pruning stage (SPKD + sparsity) -> compile (the sparse
-student's gammas; a MEASURED latency budget on ``backend``, and for comparison a MAC budget)
+student's gammas; a MAC budget, and a MEASURED latency budget on ``backend`` equal to the
+MAC student's measured latency, so the two students compare at equal latency)
 -> training stage (SPKD, both students) -> ONNX export -> latency -> metrics ->
 ``OUT/report.md`` with plots. ``--fast`` is the same pipeline at toy scale (used by a test).
 """
@@ -36,7 +37,8 @@ class DemoSettings:
     batch_size: int = 8
     ratio: float = 0.5         # per pool (paper scopes), used when target_macs is None
     target_macs: float | None = 0.5  # the MAC-driven student keeps at most this fraction of the MACs
-    target_latency: float = 0.5  # the student's measured latency, as a fraction of the sparse model's
+    target_latency: float | None = None  # the student's measured latency / the sparse model's; None: the
+    # MAC student's measured ratio, so that the two students compare at EQUAL measured latency
     backend: str = "torch-cpu"   # where that latency is measured
     latency_grid: int = 5      # latency table points per axis
     compile_size: int = 320    # input side the budgets are measured at
@@ -50,7 +52,7 @@ class DemoSettings:
 
 FAST = DemoSettings(width=0.125, n_train=24, n_test=4, size=64, crop=64, teacher_epochs=2, prune_epochs=1,
                     finetune_epochs=1, batch_size=4, bench_sizes=(128,), bench_repeats=3, bench_onnx=False,
-                    latency_grid=3, compile_size=160, target_latency=0.7)
+                    latency_grid=3, compile_size=160)
 
 
 # CPU-scale training settings shared by the three stages; the prune stage starts from the
@@ -98,13 +100,14 @@ def prune_step(out: Path, s: DemoSettings, teacher, data, distill: bool = True) 
     return load_dim(out / "best.pt").eval()
 
 
-def compile_step(out: Path, s: DemoSettings, sparse, budget: str = "latency"):
-    """Compile the sparse student to the latency budget (``budget="latency"``), or to the MAC
-    budget (``"macs"``; paper scopes at ``ratio`` when ``target_macs`` is None)."""
+def compile_step(out: Path, s: DemoSettings, sparse, budget: str = "latency", target_latency: float | None = None):
+    """Compile the sparse student to the latency budget (``budget="latency"``: ``target_latency``
+    or the settings'), or to the MAC budget (``"macs"``; paper scopes at ``ratio`` when
+    ``target_macs`` is None)."""
     x = torch.zeros(1, 4, s.compile_size, s.compile_size)
     common = dict(importance=bn_importance(sparse), round_to=s.round_to)
     if budget == "latency":
-        res = compile_model(sparse, x, target_latency=s.target_latency, backend=s.backend,
+        res = compile_model(sparse, x, target_latency=target_latency or s.target_latency or 0.5, backend=s.backend,
                             latency_options={"grid_points": s.latency_grid}, **common)
     elif s.target_macs is not None:
         res = compile_model(sparse, x, target_macs=s.target_macs, **common)
@@ -112,6 +115,16 @@ def compile_step(out: Path, s: DemoSettings, sparse, budget: str = "latency"):
         res = compile_model(sparse, x, ratio=s.ratio, scopes=matting.PAPER_SCOPES, **common)
     save_result(res, out)
     return res
+
+
+def equal_latency_target(s: DemoSettings, sparse, mac_res) -> float | None:
+    """The MAC student's measured latency / the sparse model's, when no target is set."""
+    if s.target_latency is not None or mac_res is None:
+        return s.target_latency
+    from .latency_fit import measure_models
+    x = torch.zeros(1, 4, s.compile_size, s.compile_size)
+    ms = measure_models({"sparse": sparse, "macs": mac_res.module}, x, s.backend, repeats=5)
+    return min(1.0, ms["macs"] / ms["sparse"])
 
 
 def finetune_step(out: Path, s: DemoSettings, compiled: Path, teacher, data, distill: bool = True,
@@ -150,12 +163,12 @@ def run_demo(out: Path, s: DemoSettings) -> Path:
     sparse = prune_step(out / "prune", s, teacher, data)
     lap("prune")
 
-    _say(f"4/8 compile: {s.target_latency:.0%} of the measured latency on {s.backend}"
+    _say(f"4/8 compile: a measured latency budget on {s.backend}"
          + (f", and {s.target_macs:.0%} of the MACs for comparison" if s.mac_student else "")
          + f", round_to {s.round_to}")
-    res = compile_step(out / "compiled", s, sparse)
-    print(res.summary())
     mac_res = compile_step(out / "compiled_macs", s, sparse, budget="macs") if s.mac_student else None
+    res = compile_step(out / "compiled", s, sparse, target_latency=equal_latency_target(s, sparse, mac_res))
+    print(res.summary())
     lap("compile")
 
     _say("5/8 training stage: distil the teacher into the compact student(s)")

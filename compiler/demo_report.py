@@ -138,10 +138,11 @@ def write_report(out: Path, s, *, teacher, sparse, student, compiled, scores, be
     big = max(s.bench_sizes)
     lat = compiled.report["latency"]
     lines = ["# DCP demo report", "",
-             f"Teacher: DIM at width {s.width}. Student: compiled from the sparse student to {s.target_latency:.0%} of "
+             f"Teacher: DIM at width {s.width}. Student: compiled from the sparse student to {lat['target']:.0%} of "
              f"its MEASURED latency on {s.backend} at {s.compile_size}x{s.compile_size} (round_to {s.round_to}), then "
              f"distilled" + (f"; MAC student: the same at {s.target_macs or s.ratio} of the MACs, for comparison"
-                             if mac_student is not None else "") + ". "
+                             + (" (the latency target is its measured latency: equal latency)"
+                                if s.target_latency is None else "") if mac_student is not None else "") + ". "
              f"Synthetic data: {s.n_train} training, {s.n_test} test images of {s.size}px. MACs at 320x320; "
              f"latency at {big}x{big}, CPU, batch 1.", "",
              "| model | SAD | MSE (x1e-3) | Grad | Conn | params | GMACs | torch ms | ORT ms |", "|---|---|---|---|---|---|---|---|---|"]

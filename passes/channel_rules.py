@@ -211,8 +211,12 @@ def cat(ctx, node):
     tensors = _arg(node, 0, "tensors")
     dim = _arg(node, 1, "dim", 0)
     rank = len(ctx.shape(node))
-    spaces = [ctx.space(t) for t in tensors]
-    if any(s is None for s in spaces):
+    if isinstance(tensors, fx.Node):  # torch.cat(x.split(...)): one tuple-valued node
+        whole = ctx.space(tensors)
+        spaces = list(whole) if isinstance(whole, (tuple, list)) else [None]
+    else:
+        spaces = [ctx.space(t) for t in tensors]
+    if any(not isinstance(s, np.ndarray) for s in spaces):
         return unknown_reason(ctx, node, "concatenates a value without a channel space")
     if dim % rank == 1:
         return np.concatenate(spaces)

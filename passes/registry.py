@@ -194,7 +194,7 @@ _TABLE: list[tuple] = [
     ((getattr, len), R.no_channels, None, "a size or attribute query: no channels"),
     (("torchvision.ops.stochastic_depth.stochastic_depth",), R.same, None, "scales whole samples"),
     # tensor methods
-    (("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "hardtanh_", "neg"), R.same, None,
+    (("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "neg"), R.same, None,
      "element-wise: " + _PASS),
     (("contiguous", "clone", "detach", "float", "half", "to", "type_as"), R.same, None, "same values, new storage or dtype"),
     (("size", "dim", "numel", "ndimension"), R.no_channels, None, "a size query: no channels"),

@@ -129,3 +129,30 @@ def test_module_called_twice_has_one_identity():
     groups = passes.channel_groups(passes.trace(Shared(), torch.zeros(1, 3, 4, 4)))
     # mix maps its own output back into its input: in and out channels are one identity
     assert group_of(groups, "conv") is group_of(groups, "mix")
+
+
+class _SizeUser(nn.Module):
+    """SE written with sizes (x.size() into view: follows pruning) or a channel count used as a value."""
+
+    def __init__(self, as_value):
+        super().__init__()
+        self.as_value = as_value
+        self.conv, self.fc, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 8), nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        b, c, _, _ = y.size()
+        gate = torch.sigmoid(self.fc(y.mean((2, 3)).view(b, c))).view(b, c, 1, 1)
+        y = y * gate
+        if self.as_value:
+            y = y / y.size(1)  # a mean over channels written by hand: changes with pruning
+        return self.head(y)
+
+
+def test_channel_counts_as_shapes_follow_pruning_but_as_values_freeze():
+    x = torch.zeros(1, 3, 8, 8)
+    groups = passes.channel_groups(passes.trace(_SizeUser(False), x))
+    assert group_of(groups, "conv").prunable
+    groups = passes.channel_groups(passes.trace(_SizeUser(True), x))
+    frozen = group_of(groups, "conv").frozen
+    assert frozen == "truediv: computes with the channel count of 'mul' (it would change with pruning)"
