@@ -41,7 +41,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import fx, nn
-from torch.fx.node import map_aggregate
 
 from .errors import DCPError
 from .rewrite import KeepMap
@@ -125,24 +124,20 @@ def _kept_copy(t: torch.Tensor, axis: Axis) -> torch.Tensor:
     return t
 
 
-LOWER_FLOAT_CASTS = {"float", "half", "bfloat16"}
-
-
-def _keep_float64(value: Any) -> Any:
-    return torch.float64 if isinstance(value, torch.dtype) and value.is_floating_point else value
+def _as_float64(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.double() if value.is_floating_point() and value.dtype != torch.float64 else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_as_float64(v) for v in value)
+    return value
 
 
 class Float64Graph(fx.Interpreter):
-    """Runs a graph in float64 even where the model casts to a lower float precision
-    (``x.float()``, ``x.half()``, ``x.to(torch.float32)``): the check compares float64 copies,
-    and such a cast would otherwise feed float32 activations to float64 weights."""
+    """Runs a graph keeping every floating value in float64: a cast in the model (``x.float()``,
+    ``.half()``) would otherwise meet float64 weights; both sides of the check skip it alike."""
 
-    def call_method(self, target, args, kwargs):
-        if target in LOWER_FLOAT_CASTS and isinstance(args[0], torch.Tensor) and args[0].dtype == torch.float64:
-            return args[0]
-        if target in ("to", "type"):
-            args, kwargs = map_aggregate(args, _keep_float64), map_aggregate(kwargs, _keep_float64)
-        return super().call_method(target, args, kwargs)
+    def run_node(self, n: fx.Node) -> Any:
+        return _as_float64(super().run_node(n))
 
 
 class MaskedGraph(Float64Graph):
@@ -210,19 +205,15 @@ def max_error(a: Any, b: Any) -> tuple[float, float]:
     return abs_err, abs_err / max(scale, 1e-300)
 
 
-def _run(model: nn.Module, inputs: tuple) -> Any:
-    return Float64Graph(model).run(*inputs) if isinstance(model, fx.GraphModule) else model(*inputs)
-
-
-def _run_compact(compact: nn.Module, inputs: tuple) -> Any:
+def _run_compact(compact: fx.GraphModule, inputs: tuple) -> Any:
     try:
-        return _run(compact, inputs)
+        return Float64Graph(compact).run(*inputs)
     except Exception as e:  # name the node rather than show a generated-code stack
         raise DCPError(f"rewrite check failed: the compact model cannot run: {_failing_node(compact, inputs, e)} "
                        f"(a compiler bug; please report it)") from e
 
 
-def _failing_node(compact: nn.Module, inputs: tuple, error: Exception) -> str:
+def _failing_node(compact: fx.GraphModule, inputs: tuple, error: Exception) -> str:
     where = {}
 
     class Locate(Float64Graph):
@@ -244,7 +235,7 @@ def _target(n: fx.Node) -> str:
 
 
 @torch.no_grad()
-def verify(compact: nn.Module, keep_map: KeepMap, inputs: Any, original_output: Any = None) -> VerifyResult:
+def verify(compact: fx.GraphModule, keep_map: KeepMap, inputs: Any, original_output: Any = None) -> VerifyResult:
     """Compare float64 copies of ``compact`` and of the masked original (``keep_map.ctx.gm``)
     on ``inputs``; the models themselves are not touched. ``original_output`` (the unmasked
     original's output, any dtype) saves one forward pass."""
@@ -253,7 +244,7 @@ def verify(compact: nn.Module, keep_map: KeepMap, inputs: Any, original_output: 
     out_masked = MaskedGraph(original, keep_map).run(*inputs)
     out_compact = _run_compact(float64_copy(compact), inputs)
     if original_output is None:
-        original_output = _run(original, inputs)
+        original_output = Float64Graph(original).run(*inputs)
     return VerifyResult(*max_error(out_compact, out_masked), *max_error(out_compact, original_output))
 
 
