@@ -144,6 +144,27 @@ def _check_steps(round_to: int, min_channels: int) -> None:
         raise DCPError(f"round_to and min_channels must be >= 1, got {round_to}, {min_channels}")
 
 
+def every_producer_keeps(groups: Sequence[Group], keep: dict[int, np.ndarray], scores: Mapping[int, torch.Tensor],
+                         min_channels: int = 1) -> dict[int, np.ndarray]:
+    """Add back, per producer member, its best channels until it keeps ``min_channels`` (or all
+    it has): one group can hold several producers (``cat([b(x), a(x)]) * gate`` ties the
+    concatenation to one space), and a group-wide ranking may drop every channel of one of them,
+    which would leave a layer with 0 outputs. (The added channels may break ``round_to``.)"""
+    by_id = {g.id: g for g in groups}
+    for gid, kept in keep.items():
+        for m in by_id[gid].members:
+            if m.kind != "producer":
+                continue
+            mine = np.unique(m.channels)
+            missing = min(min_channels, len(mine)) - len(np.intersect1d(kept, mine))
+            if missing > 0:
+                spare = mine[~np.isin(mine, kept)]
+                best = spare[torch.argsort(scores[gid][torch.as_tensor(spare)], descending=True, stable=True).numpy()]
+                kept = np.union1d(kept, best[:missing])
+        keep[gid] = kept
+    return keep
+
+
 def select(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], ratio: float = 0.5,
            round_to: int = 1, min_channels: int = 1, widths: Mapping[int | str, int] | None = None,
            pools: Sequence[Pool] | None = None, normalize: str = "none", max_ratio: float = 1.0
@@ -171,7 +192,7 @@ def select(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], ratio: f
         if g.id not in explicit:  # survivors first, then the best of the rest (rounding, minimum)
             order = order[torch.argsort(removed[g.id][order].int(), stable=True)]
         keep[g.id] = np.sort(order[:n].numpy())
-    return keep
+    return every_producer_keeps(groups, keep, scores, min_channels)
 
 
 def _explicit_widths(groups: Sequence[Group], widths: Mapping[int | str, int]) -> dict[int, int]:
@@ -310,4 +331,5 @@ def select_budget(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], c
         for other in neighbours[gid] | {gid}:
             if other in ladders:
                 moves[other] = best_move(other)
-    return {g.id: np.sort(order[g.id][:kept[g.id]].numpy()) for g in candidates}
+    keep = {g.id: np.sort(order[g.id][:kept[g.id]].numpy()) for g in candidates}
+    return every_producer_keeps(groups, keep, scores, min_channels)

@@ -86,9 +86,6 @@ class TwoProducersOneGroup(nn.Module):
         return self.head(v3 * self.se(v3))
 
 
-@pytest.mark.xfail(strict=True, reason="select keeps a group's best channels even when they all belong to one "
-                                       "producer: the other producer ('b') is left with 0 output channels "
-                                       "(found by the float64 check, which names node 'b')")
 def test_no_producer_is_left_without_channels():
     torch.manual_seed(0)
     res = compiler.compile(TwoProducersOneGroup().eval(), torch.randn(2, 3, 8, 8), ratio=0.5, importance="l1")
