@@ -19,6 +19,7 @@ tests/test_shape_formulas.py checks every rule against real runs on random shape
 """
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Callable
 
@@ -218,9 +219,39 @@ def unary(args: tuple, kwargs: dict) -> tuple | None:
     return tuple(args[0].shape), args[0].dtype
 
 
+_INTERPOLATE_ARGS = ("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias")
+_INTERPOLATE_DIMS = {"nearest": (3, 4, 5), "nearest-exact": (3, 4, 5), "linear": (3,), "bilinear": (4,),
+                     "bicubic": (4,), "trilinear": (5,)}
+
+
+def interpolate(args: tuple, kwargs: dict) -> tuple | None:
+    """``F.interpolate`` with a size or a scale factor (torch's meta kernel for bilinear takes ms)."""
+    if len(args) > len(_INTERPOLATE_ARGS) or not set(kwargs) <= set(_INTERPOLATE_ARGS[len(args):]):
+        return None
+    p = {"size": None, "scale_factor": None, "mode": "nearest", "align_corners": None,
+         "recompute_scale_factor": None, "antialias": False, **dict(zip(_INTERPOLATE_ARGS, args)), **kwargs}
+    x, size, scale = p["input"], p["size"], p["scale_factor"]
+    if not isinstance(x, torch.Tensor) or x.dim() not in _INTERPOLATE_DIMS.get(p["mode"], ()) or p["antialias"] \
+            or p["recompute_scale_factor"] or (size is None) == (scale is None) \
+            or (p["mode"].startswith("nearest") and p["align_corners"] is not None):
+        return None
+    n = x.dim() - 2
+    if size is not None:
+        out = _pair(size, n)
+        if len(out) != n or any(type(s) is not int for s in out):
+            return None
+    else:
+        scales = _pair(scale, n)
+        if len(scales) != n or any(type(f) not in (int, float) for f in scales):
+            return None
+        out = tuple(math.floor(float(s) * f) for s, f in zip(x.shape[2:], scales))
+    return ((*x.shape[:2], *out), x.dtype) if min(out) >= 1 else None
+
+
 FUNCTION_SHAPES: dict[Callable, Callable[[tuple, dict], tuple | None]] = {
     **{f: binary for f in (operator.add, operator.sub, operator.mul, operator.truediv,
                            torch.add, torch.sub, torch.mul, torch.div)},
     **{f: unary for f in (F.relu, torch.relu, F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.leaky_relu,
                           F.elu, torch.sigmoid, torch.tanh, F.dropout)},
+    F.interpolate: interpolate,
 }

@@ -122,6 +122,29 @@ def test_binary_rule_broadcasts_and_promotes_as_the_real_op(a, b, op, dtypes, sc
         assert real is not None and got == (tuple(real.shape), real.dtype)
 
 
+@SETTINGS
+@given(n=st.integers(1, 3), size=st.lists(st.integers(1, 7), min_size=3, max_size=3),
+       mode=st.sampled_from(["nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear"]),
+       out=st.one_of(st.integers(1, 9), st.lists(st.integers(1, 9), min_size=1, max_size=3).map(tuple)),
+       scale=st.one_of(st.none(), st.sampled_from([0.5, 1.7, 2, 3.0, 0.26]),
+                       st.lists(st.sampled_from([0.5, 2.0, 1.25]), min_size=1, max_size=3).map(tuple)),
+       align=st.sampled_from([None, False, True]), positional=st.booleans())
+def test_interpolate_rule(n, size, mode, out, scale, align, positional):
+    x = torch.randn(1, 2, *size[:n])
+    kwargs = {"size": None if scale is not None else out, "scale_factor": scale, "mode": mode, "align_corners": align}
+    args = (x, *kwargs.values()) if positional else (x,)
+    kwargs = {} if positional else kwargs
+    try:
+        real = F.interpolate(*args, **kwargs)
+    except (RuntimeError, ValueError, NotImplementedError, TypeError):
+        real = None
+    got = FUNCTION_SHAPES[F.interpolate]((x.to("meta"), *args[1:]), kwargs)
+    if got is None:
+        assert real is None, (args[1:], kwargs)
+    else:
+        assert real is not None and got == (tuple(real.shape), real.dtype), (args[1:], kwargs)
+
+
 # --- the whole trace against a real forward ------------------------------------------------
 def layout(shape, stride):
     """Strides that matter: a size-1 dim's stride is arbitrary (CPU and meta kernels differ there)."""
@@ -174,6 +197,7 @@ class Chain(nn.Module):
         for layer, residual in zip(self.layers, self.residual):
             y = layer(x)
             x = y + x * 0.5 if residual else F.relu(y)
+        x = F.interpolate(x, size=(x.shape[-2] + 1, x.shape[-1] * 2), mode="bilinear", align_corners=False)
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)) * torch.sigmoid(x.mean())
 
 
