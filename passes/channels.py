@@ -198,13 +198,7 @@ def channel_groups(gm: fx.GraphModule) -> list[Group]:
 def build_groups(ctx: ChannelAnalysis) -> list[Group]:
     uf = ctx.ids
     root = uf.roots()  # id -> the identity of its channel (array lookups: no Python loop per id)
-    # Identities created together belong to one group (a producer keeps one index set).
-    grouping = UnionFind()
-    grouping.add(len(uf))
-    for alloc in ctx.allocations:
-        r = root[alloc.start:alloc.stop].tolist()
-        grouping.union_all(r[:1] * (len(r) - 1), r[1:])
-    channels, gid, chan, bounds = _number_channels(root, grouping.roots())
+    channels, gid, chan, bounds = _number_channels(root, _group_roots(ctx.allocations, root))
     gid_of_root, chan_of_root = np.full(len(uf), -1), np.full(len(uf), -1)
     gid_of_root[channels], chan_of_root[channels] = gid, chan
     by_group = channels[np.argsort(gid, kind="stable")]
@@ -222,6 +216,21 @@ def build_groups(ctx: ChannelAnalysis) -> list[Group]:
         if g.frozen is None and not any(m.kind == "producer" for m in g.members):
             g.frozen = "no producer layer (its channels come from the input or a constant)"
     return groups
+
+
+def _group_roots(allocations: list[range], root: np.ndarray) -> np.ndarray:
+    """Identities created together belong to one group (a producer keeps one index set): join the
+    allocations that share a channel, and label every channel root with its joined allocations."""
+    alloc_of = np.repeat(np.arange(len(allocations)), [len(a) for a in allocations])  # ids are allocated in order
+    by_root = np.argsort(root, kind="stable")
+    same = root[by_root[1:]] == root[by_root[:-1]]
+    pairs = np.unique(np.stack([alloc_of[by_root[:-1]][same], alloc_of[by_root[1:]][same]], 1), axis=0)
+    joined = UnionFind()
+    joined.add(len(allocations))
+    joined.union_all(pairs[:, 0].tolist(), pairs[:, 1].tolist())
+    group_root = np.empty(len(root), dtype=np.int64)
+    group_root[root] = joined.roots()[alloc_of]
+    return group_root
 
 
 def _number_channels(root: np.ndarray, group_root: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
