@@ -1,7 +1,8 @@
 """Trace a model to an FX graph whose every node carries its output's shape and type.
 
-Shapes come from meta/fake tensors, so no real forward pass is paid (a leaf module whose
-control flow depends on tensor values falls back to one real forward): every node gets
+Shapes come from formulas for the common layers (passes/shape_formulas.py) and meta/fake
+tensors for the rest, so no real forward pass is paid (a leaf module whose control flow
+depends on tensor values falls back to one real forward): every node gets
 ``meta["tensor_meta"]`` (a ``TensorMetadata``, or a tuple of them for pool-with-indices),
 ``meta["type"]`` (``torch.Tensor``, ``tuple``, ``torch.Size`` ...) and ``meta["val"]``
 (the fake value; ``torch.Size`` nodes hold plain ints).
@@ -151,7 +152,7 @@ def _attr(gm: fx.GraphModule, target: str) -> Any:
 def _call_module(gm: fx.GraphModule, target: str, args: tuple, kwargs: dict, states: dict) -> Any:
     mod = gm.get_submodule(target)
     rule = MODULE_SHAPES.get(type(mod))  # exact type: a subclass may change forward()
-    if rule is not None and len(args) == 1 and not kwargs and _plain_float(args[0]) and _no_hooks(mod) \
+    if rule is not None and len(args) == 1 and not kwargs and _plain_float(args[0]) and _runs_its_class_forward(mod) \
             and _own_dtypes_are(mod, args[0].dtype):
         shape = rule(mod, args[0])
         if shape is not None:
@@ -181,10 +182,11 @@ def _plain_float(x: Any) -> bool:
         and _row_major(x)
 
 
-def _no_hooks(mod: nn.Module) -> bool:
-    """Hooks may change what a module returns: only its real forward says what."""
+def _runs_its_class_forward(mod: nn.Module) -> bool:
+    """Hooks or a forward set on the instance may change what a module returns: only running
+    it says what."""
     return not (mod._forward_hooks or mod._forward_pre_hooks or _module_mod._global_forward_hooks
-                or _module_mod._global_forward_pre_hooks)
+                or _module_mod._global_forward_pre_hooks or "forward" in mod.__dict__)
 
 
 def _own_dtypes_are(mod: nn.Module, dtype: torch.dtype) -> bool:

@@ -225,13 +225,24 @@ def test_hooks_and_subclasses_are_run_not_guessed():
 
     hooked = nn.Conv2d(3, 4, 3)
     hooked.register_forward_hook(lambda mod, args, out: out[:, :2])
-    model = nn.Sequential(hooked, Wider(2, 3, 1))
+    patched = nn.MaxPool2d(2)
+    patched.forward = lambda x: x[:, :, ::3]  # on the instance, as some wrappers do
+    model = nn.Sequential(hooked, Wider(2, 3, 1), patched)
     gm = assert_metadata_matches_a_real_forward(model, torch.randn(1, 3, 8, 8), leaf_modules=(Wider,))
     assert [tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes if n.op == "call_module"] == \
-        [(1, 2, 6, 6), (1, 6, 6, 6)]
+        [(1, 2, 6, 6), (1, 6, 6, 6), (1, 6, 2, 6)]
 
 
 def test_a_shape_error_names_the_node():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(5, 4, 3))
     with pytest.raises(passes.DCPError, match="node '_1' \\(call_module 1\\).*5 channels"):
         passes.trace(model, torch.randn(1, 3, 8, 8))
+
+
+def test_an_op_that_cannot_run_on_meta_falls_back_to_fake_tensors():
+    class CpuConstant(nn.Module):  # a tensor made inside forward lives on the CPU: meta * CPU fails
+        def forward(self, x):
+            return nn.functional.relu(x) * torch.ones(1, x.shape[1], 1, 1) + 1.5
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), CpuConstant())
+    assert_metadata_matches_a_real_forward(model, torch.randn(2, 3, 7, 7))
