@@ -9,7 +9,7 @@ process: pruner construction + ``step()`` for ``MagnitudePruner`` (L1) and ``BNS
 uniform and global, ``pruning_ratio=0.5``, the 1-channel output conv ignored. One warm-up,
 then the median of ``--repeats`` (wall and CPU). Each torch-pruning result is then checked
 (untimed): does the pruned model run, and does it keep the same channels on both sides of
-every unpool (REFERENCE section 1)? Writes ``compile_time.md`` and ``.json`` into ``--out``.
+every unpool (docs/method.md#teacher)? Writes ``compile_time.md`` and ``.json`` into ``--out``.
 """
 from __future__ import annotations
 

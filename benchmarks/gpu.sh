@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU latency benchmark: DIM teacher vs compact students (round_to 1 and 8) on one CUDA GPU.
+# GPU latency benchmark: DIM teacher vs compact students (round_to 1 and 8) on one CUDA GPU,
+# and the latency-budget compile (target 0.5 of the measured latency) on each CUDA backend.
 # Installs nothing: needs torch (CUDA build); onnx, onnxscript and onnxruntime-gpu for the
 # ORT rows (skipped with a note if missing); tqdm and matplotlib are optional.
 # Runs in under 5 minutes on an H100 and prints the markdown table.
@@ -28,17 +29,35 @@ RESULTS="benchmarks/results"
 COMMON=(--ratio 0.3 --repeats 15 --warmup 5 --out "$RESULTS")
 
 echo "== stage 1: eager fp32/fp16/bf16 (channels_last), CUDA graphs, ORT CUDA; 320-2048 =="
-timeout 200 "$PY" benchmarks/latency.py "${COMMON[@]}" --stem latency_gpu \
+timeout 120 "$PY" benchmarks/latency.py "${COMMON[@]}" --stem latency_gpu \
   --sizes 320 640 1024 2048 \
   --backends eager-fp32 eager-fp16-cl eager-bf16-cl cudagraph-fp16-cl ort-cuda \
   || echo "gpu.sh: stage 1 stopped (exit $?)" >&2
 
 # torch.compile recompiles per model and size: 1024 only
 echo "== stage 2: torch.compile fp16 channels_last at 1024 =="
-timeout 90 "$PY" benchmarks/latency.py "${COMMON[@]}" --stem latency_gpu_compile \
+timeout 45 "$PY" benchmarks/latency.py "${COMMON[@]}" --stem latency_gpu_compile \
   --sizes 1024 --backends eager-fp16-cl compile-fp16-cl --no-onnx \
   || echo "gpu.sh: stage 2 stopped (exit $?)" >&2
 
+# Latency-budget compile per CUDA backend (full-width DIM at 1024, target 0.5, round_to 8): a
+# coarse 3-point table grid (TensorRT builds one engine per timing: 2 points). Each backend has
+# its own time limit and reports its own failure; the script exits 1 if any failed.
+echo "== stage 3: latency-budget compile on cuda-fp16, cuda-bf16, ort-cuda, trt =="
+FAILED=()
+for spec in cuda-fp16:3:30 cuda-bf16:3:30 ort-cuda:3:35 trt:2:35; do
+  IFS=: read -r backend grid limit <<< "$spec"
+  if ! timeout "$limit" "$PY" benchmarks/latency_budget.py --widths 1.0 --backends "$backend" --targets 0.5 \
+       --size 1024 --grid "$grid" --repeats 10 --stem "latency_budget_$backend" --out "$RESULTS"; then
+    echo "gpu.sh: latency-budget compile on $backend FAILED or timed out after ${limit}s (see above)" >&2
+    FAILED+=("$backend")
+  fi
+done
+
 if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT" && cp "$RESULTS"/latency_gpu* "$OUT"/ 2>/dev/null || true
+  mkdir -p "$OUT" && cp "$RESULTS"/latency_gpu* "$RESULTS"/latency_budget_* "$OUT"/ 2>/dev/null || true
+fi
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "gpu.sh: failed backends: ${FAILED[*]}" >&2
+  exit 1
 fi

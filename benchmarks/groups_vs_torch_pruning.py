@@ -62,7 +62,40 @@ def zoo() -> dict[str, tuple]:
             (lambda: seg.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None), 3, None),
         "lraspp_mobilenet_v3_large":
             (lambda: seg.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None), 3, None),
+        "convnext_tiny": (tvm.convnext_tiny, 3, None),
+        "convgru": (ConvGRUNet, 3, None),
     }
+
+
+class ConvGRU(nn.Module):
+    """Robust Video Matting's recurrent cell (model/decoder.py): ``split(self.channels, dim=1)``."""
+
+    def __init__(self, channels, kernel_size=3, padding=1):
+        super().__init__()
+        self.channels = channels
+        self.ih = nn.Sequential(nn.Conv2d(channels * 2, channels * 2, kernel_size, padding=padding), nn.Sigmoid())
+        self.hh = nn.Sequential(nn.Conv2d(channels * 2, channels, kernel_size, padding=padding), nn.Tanh())
+
+    def forward(self, x, h):
+        r, z = self.ih(torch.cat([x, h], dim=1)).split(self.channels, dim=1)
+        c = self.hh(torch.cat([x, r * h], dim=1))
+        return (1 - z) * h + z * c
+
+
+class ConvGRUNet(nn.Module):
+    """A decoder stage as RVM's BottleneckBlock writes it: half the channels through the GRU."""
+
+    def __init__(self, c=64):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.hidden = nn.Sequential(nn.Conv2d(3, c // 2, 3, stride=2, padding=1), nn.Tanh())
+        self.gru = ConvGRU(c // 2)
+        self.head = nn.Conv2d(c, 1, 1)
+
+    def forward(self, img):
+        x, h = self.stem(img), self.hidden(img)
+        a, b = x.split(self.gru.channels, dim=-3)
+        return self.head(torch.cat([a, self.gru(b, h)], dim=-3))
 
 
 # --- the two analyses ---------------------------------------------------------------
@@ -115,9 +148,12 @@ def their_partition(model, dg, groups) -> list[dict]:
 # --- comparing partitions -------------------------------------------------------------
 REASONS = (  # frozen reason -> a category a reader can act on
     (r"reaches the graph output", "output layer (reaches the graph output)"),
-    (r"grouped conv", "grouped conv (not pruned)"),
-    (r"splits the channel dim", "split/chunk of the channel dim"),
-    (r"reshapes .* moves channels|moves the channel dim|channel count .* as a literal", "reshape/transpose of the channel dim (e.g. channel shuffle)"),
+    (r"grouped transposed conv", "grouped transposed conv (not pruned)"),
+    (r"normalises across channels", "norm across channels (LayerNorm / GroupNorm statistics)"),
+    (r"has no rule for channels on dim", "op without a rule for channels off dim 1 (channels-last)"),
+    (r"over the channels on dim|over the channel dim", "constant broadcast over the channels"),
+    (r"merges the channels with the batch|moves the batch dim|scatters the channel dims|box of channel dims",
+     "reshape that moves channels out of reach"),
     (r"graph input", "graph input"),
     (r"no channel rule for (.*)", r"no rule: \1"),
     (r"no producer layer", "no producer layer"),

@@ -69,12 +69,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sizes = args.sizes or ([320] if args.quick else [320, 640, 1024] + ([2048] if gpu else []))
-    backends = args.backends or bench.default_backends("cuda" if gpu else "cpu")
-    if args.no_onnx:
-        backends = [b for b in backends if not b.startswith("ort")]
-    repeats = args.repeats or (3 if args.quick else 20 if gpu else 5)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5 if gpu else 2)
+    sizes, backends, repeats, warmup = bench.run_settings(gpu, args.quick, args.sizes, args.backends, args.repeats,
+                                                          args.warmup, onnx=not args.no_onnx)
 
     torch.manual_seed(0)
     teacher = matting.dim().eval()

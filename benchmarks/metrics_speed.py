@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from matting import metrics  # noqa: E402
+from matting.atomic import write_text  # noqa: E402
 from matting.data.synth import make_sample  # noqa: E402
 
 
@@ -73,7 +74,7 @@ def main() -> int:
            "cpus": os.cpu_count(), "results": results}
     print("\n" + json.dumps(out, indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        write_text(args.json, json.dumps(out, indent=1))
     return 0
 
 

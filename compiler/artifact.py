@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,20 @@ def save_module(module: nn.Module, path: str | os.PathLike, plan: dict[str, Any]
 
 
 def load(path: str | os.PathLike) -> fx.GraphModule:
-    """The compiled model as a trainable GraphModule in eval mode (no pickled code is loaded)."""
+    """The compiled model as a trainable GraphModule in eval mode. Nothing in the folder runs:
+    the graph is checked against allow-lists before it is built (``graph_io.spec_to_graph``),
+    tensors are read with ``weights_only=True``; a bad file is a DCPError."""
     path = Path(path)
     if not is_artifact(path):
         raise DCPError(f"{path} is not a dcp artifact (no {GRAPH})")
     try:
         spec = json.loads((path / GRAPH).read_text())
         state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
         raise DCPError(f"cannot read artifact {path}: {str(e).splitlines()[0]}") from e
+    if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in state.items())):
+        raise DCPError(f"cannot read artifact {path}: {WEIGHTS} is not a state_dict of named tensors")
     gm = spec_to_graph(spec, state)
     gm.dcp_plan = read_plan(path)
     return gm.eval()  # inference by default; training code calls .train()

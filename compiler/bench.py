@@ -28,6 +28,8 @@ from torch import nn
 import passes
 from passes.errors import DCPError
 
+from .models import input_channels
+
 CUDA_ONLY = ("eager-fp16-cl", "eager-bf16-cl", "compile-fp16-cl", "cudagraph-fp16-cl", "ort-cuda")
 BACKENDS = ("eager-fp32", *CUDA_ONLY[:4], "ort-cpu", "ort-cuda")
 
@@ -60,6 +62,29 @@ def default_backends(device: str) -> list[str]:
     if device == "cuda":
         return list(BACKENDS)
     return ["eager-fp32", "ort-cpu"]
+
+
+def run_settings(gpu: bool, quick: bool = False, sizes=None, backends=None, repeats=None, warmup=None,
+                 onnx: bool = True, quick_backends=None) -> tuple[list[int], list[str], int, int]:
+    """``(sizes, backends, repeats, warmup)`` of a timing run, the given ones or the defaults:
+    sizes 320 640 1024 (+2048 on GPU), the device's backends, 5 timed runs after 2 warm-ups
+    on CPU and 20 after 5 on GPU; ``quick``: 320 only, ``quick_backends`` (default: the
+    device's), 2 runs after 1. ``onnx=False`` drops the ONNX Runtime backends.
+
+    >>> run_settings(gpu=False, quick=True, quick_backends=["eager-fp32"])
+    ([320], ['eager-fp32'], 2, 1)
+    """
+    sizes = list(sizes or ([320] if quick else [320, 640, 1024] + ([2048] if gpu else [])))
+    if any(s < 32 for s in sizes):
+        raise ValueError(f"sizes must be at least 32 (five 2x poolings), got {sizes}")
+    backends = list(backends or (quick and quick_backends) or default_backends("cuda" if gpu else "cpu"))
+    if not onnx:
+        backends = [b for b in backends if not b.startswith("ort")]
+    repeats = repeats or (2 if quick else 20 if gpu else 5)
+    warmup = warmup if warmup is not None else (1 if quick else 5 if gpu else 2)
+    if repeats < 1 or warmup < 0:
+        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+    return sizes, backends, repeats, warmup
 
 
 # ----------------------------------------------------------------------------- timing
@@ -204,14 +229,9 @@ def export_for_bench(model: nn.Module, folder: Path, name: str, size: int, lower
     """A dynamic-shape ONNX file of ``model`` for the ORT backends (unchecked: ``dcp export`` verifies)."""
     from .onnx_export import export_onnx
     path = folder / f"{name.replace('/', '_').replace(':', '_')}.onnx"
-    export_onnx(model, path, torch.randn(1, _in_channels(model), size, size), dynamic=True,
+    export_onnx(model, path, torch.randn(1, input_channels(model), size, size), dynamic=True,
                 lower_unpool=lower_unpool, check=False)
     return path
-
-
-def _in_channels(model: nn.Module) -> int:
-    return getattr(model, "in_channels", None) or next(
-        (m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 4)
 
 
 def run(models: dict[str, nn.Module], sizes: Iterable[int], backends: Iterable[str], repeats: int = 5,
@@ -266,7 +286,7 @@ def _time_group(models: dict[str, nn.Module], backend: str, size: int, repeats: 
     cuda = not ort and (backend in CUDA_ONLY or device == "cuda")
     rows, fns = {}, {}
     for name, model in models.items():
-        x = torch.randn(1, _in_channels(model), size, size, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(1, input_channels(model), size, size, generator=torch.Generator().manual_seed(0))
         rows[name] = row = Row(name, backend, size, None)
         try:
             with PeakMemory(cuda) as mem:  # build + warm-up: weights, activations, workspaces
@@ -295,7 +315,7 @@ def _fill_ratios(rows: list[Row], models: dict[str, nn.Module], baseline: str) -
     costs = {}
     for name, model in models.items():
         for size in {r.size for r in rows}:
-            x = torch.zeros(1, _in_channels(model), size, size)
+            x = torch.zeros(1, input_channels(model), size, size)
             costs[name, size] = passes.count(model, x)
     base = {(r.backend, r.size): r.median_ms for r in rows if r.model == baseline}
     for r in rows:
@@ -349,13 +369,8 @@ def plot(rows: list[Row], path: Path, title: str = "") -> Path | None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    import io
-    from matting.atomic import write_bytes
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
-    return Path(path)
+    from matting.atomic import write_figure
+    return write_figure(path, fig, dpi=110)
 
 
 def write(rows: list[Row], folder: Path, stem: str, meta: dict) -> list[Path]:

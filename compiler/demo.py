@@ -1,7 +1,9 @@
 """``dcp demo``: the whole method on the built-in synthetic data, ending in a report.
 
-synthetic data -> small teacher -> pruning stage (SPKD + sparsity) -> compile (paper scopes,
-sparse student's gammas) -> training stage (SPKD) -> ONNX export -> latency -> metrics ->
+synthetic data -> small teacher -> pruning stage (SPKD + sparsity) -> compile (the sparse
+student's gammas; a MAC budget, and a MEASURED latency budget on ``backend`` equal to the
+MAC student's measured latency, so the two students compare at equal latency)
+-> training stage (SPKD, both students) -> ONNX export -> latency -> metrics ->
 ``OUT/report.md`` with plots. ``--fast`` is the same pipeline at toy scale (used by a test).
 """
 from __future__ import annotations
@@ -31,10 +33,16 @@ class DemoSettings:
     crop: int = 64             # training crop side
     teacher_epochs: int = 70
     prune_epochs: int = 10
-    finetune_epochs: int = 30
+    finetune_epochs: int = 20  # per student (latency- and MAC-driven)
     batch_size: int = 8
-    ratio: float = 0.5         # per pool, used when target_macs is None
-    target_macs: float | None = 0.5  # the student keeps at most this fraction of the MACs
+    ratio: float = 0.5         # per pool (paper scopes), used when target_macs is None
+    target_macs: float | None = 0.5  # the MAC-driven student keeps at most this fraction of the MACs
+    target_latency: float | None = None  # the student's measured latency / the sparse model's; None: the
+    # MAC student's measured ratio, so that the two students compare at EQUAL measured latency
+    backend: str = "torch-cpu"   # where that latency is measured
+    latency_grid: int = 5      # latency table points per axis
+    compile_size: int = 320    # input side the budgets are measured at
+    mac_student: bool = True   # also compile and train the MAC-driven student, for the comparison
     round_to: int = 8
     bench_sizes: tuple[int, ...] = (320, 640)
     bench_repeats: int = 5
@@ -43,7 +51,8 @@ class DemoSettings:
 
 
 FAST = DemoSettings(width=0.125, n_train=24, n_test=4, size=64, crop=64, teacher_epochs=2, prune_epochs=1,
-                    finetune_epochs=1, batch_size=4, bench_sizes=(128,), bench_repeats=3, bench_onnx=False)
+                    finetune_epochs=1, batch_size=4, bench_sizes=(128,), bench_repeats=3, bench_onnx=False,
+                    latency_grid=3, compile_size=160)
 
 
 # CPU-scale training settings shared by the three stages; the prune stage starts from the
@@ -91,11 +100,31 @@ def prune_step(out: Path, s: DemoSettings, teacher, data, distill: bool = True) 
     return load_dim(out / "best.pt").eval()
 
 
-def compile_step(out: Path, s: DemoSettings, sparse):
-    res = compile_model(sparse, torch.zeros(1, 4, 320, 320), ratio=s.ratio, importance=bn_importance(sparse),
-                        scopes="paper", round_to=s.round_to, target_macs=s.target_macs)
+def compile_step(out: Path, s: DemoSettings, sparse, budget: str = "latency", target_latency: float | None = None):
+    """Compile the sparse student to the latency budget (``budget="latency"``: ``target_latency``
+    or the settings'), or to the MAC budget (``"macs"``; paper scopes at ``ratio`` when
+    ``target_macs`` is None)."""
+    x = torch.zeros(1, 4, s.compile_size, s.compile_size)
+    common = dict(importance=bn_importance(sparse), round_to=s.round_to)
+    if budget == "latency":
+        res = compile_model(sparse, x, target_latency=target_latency or s.target_latency or 0.5, backend=s.backend,
+                            latency_options={"grid_points": s.latency_grid}, **common)
+    elif s.target_macs is not None:
+        res = compile_model(sparse, x, target_macs=s.target_macs, **common)
+    else:
+        res = compile_model(sparse, x, ratio=s.ratio, scopes=matting.PAPER_SCOPES, **common)
     save_result(res, out)
     return res
+
+
+def equal_latency_target(s: DemoSettings, sparse, mac_res) -> float | None:
+    """The MAC student's measured latency / the sparse model's, when no target is set."""
+    if s.target_latency is not None or mac_res is None:
+        return s.target_latency
+    from .latency_fit import measure_models
+    x = torch.zeros(1, 4, s.compile_size, s.compile_size)
+    ms = measure_models({"sparse": sparse, "macs": mac_res.module}, x, s.backend, repeats=5)
+    return min(1.0, ms["macs"] / ms["sparse"])
 
 
 def finetune_step(out: Path, s: DemoSettings, compiled: Path, teacher, data, distill: bool = True,
@@ -134,14 +163,19 @@ def run_demo(out: Path, s: DemoSettings) -> Path:
     sparse = prune_step(out / "prune", s, teacher, data)
     lap("prune")
 
-    budget = f"{s.target_macs:.0%} of the MACs" if s.target_macs else f"ratio {s.ratio}"
-    _say(f"4/8 compile: {budget}, paper encoder/decoder pools, round_to {s.round_to}")
-    res = compile_step(out / "compiled", s, sparse)
+    _say(f"4/8 compile: a measured latency budget on {s.backend}"
+         + (f", and {s.target_macs:.0%} of the MACs for comparison" if s.mac_student else "")
+         + f", round_to {s.round_to}")
+    mac_res = compile_step(out / "compiled_macs", s, sparse, budget="macs") if s.mac_student else None
+    res = compile_step(out / "compiled", s, sparse, target_latency=equal_latency_target(s, sparse, mac_res))
     print(res.summary())
     lap("compile")
 
-    _say("5/8 training stage: distil the teacher into the compact student")
+    _say("5/8 training stage: distil the teacher into the compact student(s)")
     student = finetune_step(out / "finetune", s, out / "compiled", teacher, data)
+    students = {"student": student}
+    if mac_res is not None:
+        students["MAC student"] = finetune_step(out / "finetune_macs", s, out / "compiled_macs", teacher, data)
     lap("finetune")
 
     _say("6/8 ONNX export of the student (dynamic H/W, checked in ONNX Runtime)")
@@ -149,15 +183,16 @@ def run_demo(out: Path, s: DemoSettings) -> Path:
     lap("export")
 
     _say("7/8 latency: teacher vs student")
-    rows = _bench({"teacher": teacher, "student": student}, s)
+    rows = _bench({"teacher": teacher, **students}, s)
     lap("bench")
 
     _say("8/8 metrics on the synthetic test set")
     from .demo_report import evaluate_models, write_report
-    scores = evaluate_models({"teacher": teacher, "student": student}, out / "data" / "test")
+    scores = evaluate_models({"teacher": teacher, **students}, out / "data" / "test")
     lap("eval")
     report = write_report(out, s, teacher=teacher, sparse=sparse, student=student, compiled=res, scores=scores,
-                          bench_rows=rows, onnx=onnx_report, timings=timings)
+                          bench_rows=rows, onnx=onnx_report, timings=timings,
+                          mac_student=students.get("MAC student"), mac_compiled=mac_res)
     write_text(out / "settings.json", json.dumps(asdict(s), indent=1))
     print(f"\nreport: {report}")
     return report

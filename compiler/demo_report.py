@@ -9,10 +9,13 @@ import torch
 
 import matting
 from matting import metrics
+from matting.atomic import write_figure
 from matting.data import io
 from matting.data.folder import folder_names
 from matting.infer import predict
 from passes.count import count
+
+from .latency_fit import format_latency
 
 
 def evaluate_models(models: dict, folder: Path) -> dict:
@@ -54,8 +57,7 @@ def plot_widths(teacher, student, path: Path) -> None:
     ax.legend()
     ax.set_title("per-layer widths (tied layers across an unpool keep the same channels)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write_figure(path, fig, dpi=110)
 
 
 def plot_gammas(sparse, student, path: Path, ratio: float) -> None:
@@ -89,8 +91,7 @@ def plot_gammas(sparse, student, path: Path, ratio: float) -> None:
         ax.set_title(f"{title} BN |gamma| after the pruning stage")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write_figure(path, fig, dpi=110)
 
 
 def plot_latency(rows, path: Path) -> None:
@@ -114,8 +115,7 @@ def plot_grid(folder: Path, scores: dict, path: Path, n: int = 3) -> None:
             if r == 0:
                 ax.set_title(cols[c], fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    write_figure(path, fig, dpi=100)
 
 
 def _latency(rows, model: str, backend: str) -> str:
@@ -125,27 +125,41 @@ def _latency(rows, model: str, backend: str) -> str:
     return "n/a"
 
 
-def write_report(out: Path, s, *, teacher, sparse, student, compiled, scores, bench_rows, onnx, timings) -> Path:
+def write_report(out: Path, s, *, teacher, sparse, student, compiled, scores, bench_rows, onnx, timings,
+                 mac_student=None, mac_compiled=None) -> Path:
     from . import bench
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     plot_widths(teacher, student, plots / "widths.png")
-    plot_gammas(sparse, student, plots / "gammas.png", compiled.report["ratio"])
+    plot_gammas(sparse, student, plots / "gammas.png", compiled.report["ratio"])  # fraction of channels removed
     plot_latency(bench_rows, plots / "latency.png")
     plot_grid(out / "data" / "test", scores, plots / "grid.png")
     x = torch.zeros(1, 4, 320, 320)
     big = max(s.bench_sizes)
+    lat = compiled.report["latency"]
     lines = ["# DCP demo report", "",
-             f"Teacher: DIM at width {s.width}; student: compiled to {s.target_macs or 'ratio ' + str(s.ratio)} of the MACs (paper encoder/decoder pools, "
-             f"round_to {s.round_to}) from the sparse student, then distilled. Synthetic data: {s.n_train} training, "
-             f"{s.n_test} test images of {s.size}px. MACs at 320x320; latency at {big}x{big}, CPU, batch 1.", "",
+             f"Teacher: DIM at width {s.width}. Student: compiled from the sparse student to {lat['target']:.0%} of "
+             f"its MEASURED latency on {s.backend} at {s.compile_size}x{s.compile_size} (round_to {s.round_to}), then "
+             f"distilled" + (f"; MAC student: the same at {s.target_macs or s.ratio} of the MACs, for comparison"
+                             + (" (the latency target is its measured latency: equal latency)"
+                                if s.target_latency is None else "") if mac_student is not None else "") + ". "
+             f"Synthetic data: {s.n_train} training, {s.n_test} test images of {s.size}px. MACs at 320x320; "
+             f"latency at {big}x{big}, CPU, batch 1.", "",
              "| model | SAD | MSE (x1e-3) | Grad | Conn | params | GMACs | torch ms | ORT ms |", "|---|---|---|---|---|---|---|---|---|"]
-    for label, model in (("teacher", teacher), ("student", student)):
+    models = {"teacher": teacher, "student": student, **({"MAC student": mac_student} if mac_student is not None else {})}
+    for label, model in models.items():
         m = scores[label]["mean"]
         params, macs = count(model, x)
         lines.append(f"| {label} | {m['sad']:.3f} | {m['mse'] * 1e3:.2f} | {m['grad']:.3f} | {m['conn']:.3f} | "
                      f"{params:,} | {macs / 1e9:.2f} | {_latency(bench_rows, label, 'eager-fp32')} | "
                      f"{_latency(bench_rows, label, 'ort-cpu')} |")
+    lines += ["", "## Latency budget", "",
+              f"Target {lat['target']:.0%} of the sparse model's latency on {lat['backend']}: measured "
+              f"{lat['measured_ratio']:.1%} after {len(lat['rounds'])} round(s) (predicted {lat['predicted_ratio']:.1%})."
+              + (f" The MAC student ({mac_compiled.report['macs_after'] / mac_compiled.report['macs_before']:.0%} of the "
+                 f"MACs) vs the latency student ({compiled.report['macs_after'] / compiled.report['macs_before']:.0%} "
+                 f"of the MACs): see the table above for their measured latency and SAD." if mac_compiled else ""),
+              "", "```", format_latency(lat), "```"]
     v = compiled.report.get("verify", {})
     lines += ["", f"Compile: {compiled.report['macs_before'] / 1e9:.2f} -> {compiled.report['macs_after'] / 1e9:.2f} GMACs, "
               f"verify vs masked original {v.get('masked_rel', float('nan')):.1e} (relative).", "",

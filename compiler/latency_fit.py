@@ -4,19 +4,20 @@ compact model against the original on the backend, and correct.
 The tables predict the compact/original latency ratio; what they miss (ops outside the units,
 caches, threading) shows when the whole compact model is timed. When the measured ratio
 misses the target by more than ``tolerance`` (relative), the budget is rescaled by
-measured/predicted and the selection rerun, a few ``rounds`` at most; the closest plan wins.
+measured/predicted (then by the secant through the last two rounds) and the selection rerun,
+a few ``rounds`` at most; the closest plan wins.
 Original and compact are timed interleaved (the same load hits both), so the RATIO is robust
-to other processes on the machine even when absolute times are not.
+to other processes on the machine even when absolute times are not. A machine heavily loaded
+by other work (more runnable threads than cores) still distorts single timings by whole
+scheduler slices: measure on a quiet machine.
 """
 from __future__ import annotations
 
 import copy
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import fx, nn
 
@@ -26,7 +27,7 @@ from passes.errors import DCPError
 from passes.rewrite import rewrite
 from passes.select import CostModel, floor_width
 
-from .latency import (ORT_PROVIDER, _cuda, _torch_fn, check_backend, grid, measure_tables, ort_session_fn,
+from .latency import (ORT_PROVIDER, is_cuda, elapsed_ms, torch_fn, check_backend, grid, measure_tables, ort_session_fn,
                       runner, time_fn, unit_spec)
 
 Choose = Callable[[CostModel, float], dict]  # (cost model, budget) -> keep plan
@@ -34,7 +35,11 @@ Choose = Callable[[CostModel, float], dict]  # (cost model, budget) -> keep plan
 
 def axis_grid(axis: Axis | None, channels: int, floors: Mapping[int, int], sizes: Mapping[int, int],
               points: int, round_to: int) -> list[int]:
-    """Grid widths for one axis: from its narrowest reachable width to full."""
+    """Grid widths for one axis: from its narrowest reachable width to full.
+
+    >>> axis_grid(Axis(((0, 64),), 0), 64, floors={0: 8}, sizes={0: 64}, points=5, round_to=8)
+    [8, 24, 32, 48, 64]
+    """
     if axis is None or not axis.shares:
         return [channels]
     lo = axis.fixed + sum(n * floors[g] / sizes[g] for g, n in axis.shares)
@@ -61,10 +66,11 @@ def latency_model(gm: fx.GraphModule, groups: Sequence[Group], layers: Sequence[
 
 def measure_models(models: Mapping[str, nn.Module], x: torch.Tensor, backend: str, repeats: int = 5
                    ) -> dict[str, float]:
-    """Median ms of each whole model on the backend, timed round-robin (ORT: on the exported
-    graph; ``trt``: the unpool-lowered one)."""
+    """Ms of each whole model on the backend: the fastest of ``repeats`` runs, timed round-robin
+    so that load from other processes hits all alike (ORT: on the exported graph; ``trt``: the
+    unpool-lowered one)."""
     from .onnx_export import export_onnx
-    cuda = _cuda(backend)
+    cuda = is_cuda(backend)
     fns = {}
     with tempfile.TemporaryDirectory(prefix="dcp-latency-") as tmp:
         for name, model in models.items():
@@ -73,14 +79,14 @@ def measure_models(models: Mapping[str, nn.Module], x: torch.Tensor, backend: st
                 export_onnx(model, path, x, dynamic=False, check=False, lower_unpool=backend == "trt")
                 fns[name] = ort_session_fn(str(path), x, backend)
             else:
-                fns[name] = _torch_fn(copy.deepcopy(model), x, backend)
+                fns[name] = torch_fn(copy.deepcopy(model), x, backend)
         for fn in fns.values():  # warm-up
-            time_fn(fn, cuda, repeats=1)
+            elapsed_ms(fn, 1, cuda)
         runs = {k: [] for k in fns}
         for _ in range(repeats):
             for k, fn in fns.items():
-                runs[k].append(time_fn(fn, cuda, repeats=1))
-    return {k: statistics.median(v) for k, v in runs.items()}
+                runs[k].append(elapsed_ms(fn, 1, cuda))
+    return {k: min(v) for k, v in runs.items()}  # the least disturbed run, as the tables
 
 
 def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group], layers: Sequence[LayerAxes],
@@ -99,7 +105,10 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
     measure = measure or (lambda models: measure_models(models, example, backend, repeats))
     full = cost.total({})
     budget, tried, best = target * full, [], None
+    floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups if g.prunable}
+    narrowest = cost.total(floors) * (1 + 1e-9)  # the tables' cheapest plan: every group at its floor
     for _ in range(rounds):
+        budget = max(budget, narrowest)  # the measurement, not the tables, says if the target is out of reach
         keep = choose(cost, budget)
         kept = {gid: len(k) for gid, k in keep.items()}
         predicted = cost.total(kept) / full
@@ -112,22 +121,40 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
             best = (keep, measured, predicted, ms)
         if abs(measured - target) <= tolerance * target:
             break
-        new_budget = budget * target / measured  # measured/predicted scales the model's ms
-        if len(tried) > 1 and abs(new_budget - budget) < 1e-9 * full:
+        new_budget = max(_corrected_budget(tried, target, full), narrowest)
+        if abs(new_budget - budget) < 1e-9 * full:  # the same plan again (e.g. at the floors)
             break
         budget = new_budget
     keep, measured, predicted, ms = best
+    if measured > target * (1 + tolerance) and any(r["budget_ms"] <= narrowest for r in tried):
+        raise DCPError(f"target_latency {target} is out of reach on {backend}: the narrowest plan (max_ratio "
+                       f"{max_ratio}) measures {measured:.0%} of the original (fixed costs dominate at this size; "
+                       f"raise max_ratio or the target)")
     report = {"backend": backend, "target": target, "measured_ratio": measured, "predicted_ratio": predicted,
               "original_ms": ms["original"], "compact_ms": ms["compact"], "rounds": tried, "table": stats,
               "layers": _per_layer(cost, tables, keep, backend, timer, full, ms["original"])}
     return keep, report
 
 
+def _corrected_budget(tried: list[dict], target: float, full: float) -> float:
+    """The next budget: first rescaled by measured/predicted (the tables' ms are off by a
+    factor); from the second round on, the secant through the last two (predicted, measured)
+    points, which also absorbs a constant the tables miss (ops outside the units)."""
+    last = tried[-1]
+    predicted = last["predicted_ratio"] * target / last["measured_ratio"]
+    if len(tried) > 1:
+        prev = tried[-2]
+        slope = (last["measured_ratio"] - prev["measured_ratio"]) / (last["predicted_ratio"] - prev["predicted_ratio"] or 1e-12)
+        if slope > 0:
+            predicted = last["predicted_ratio"] + (target - last["measured_ratio"]) / slope
+    return max(predicted, 1e-6) * full
+
+
 def _per_layer(cost: CostModel, tables, keep: dict, backend: str, timer, full: float, original_ms: float) -> list:
     """Per layer: full-width and predicted (interpolated) ms, and the unit re-timed at the plan's
     widths; predicted model ms = the original's measured ms x table share."""
     kept = {gid: len(k) for gid, k in keep.items()}
-    timer = timer or (lambda module, x: time_fn(runner(module, x, backend), _cuda(backend), 3))
+    timer = timer or (lambda module, x: time_fn(runner(module, x, backend), is_cuda(backend), 3))
     rows = []
     for i, (layer, table) in enumerate(zip(cost.layers, tables)):
         spec = table.spec

@@ -26,3 +26,10 @@ def load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
     if artifact.is_artifact(path):
         return artifact.load(path)
     return load_dim(path, trust_pickle=trust_pickle)
+
+
+def input_channels(model: nn.Module) -> int:
+    """The channel count a model's input has: its ``in_channels``, else its first conv's, else 4
+    (DIM: RGB + trimap)."""
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return getattr(model, "in_channels", None) or (first_conv.in_channels if first_conv else 4)

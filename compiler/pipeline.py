@@ -1,6 +1,7 @@
 """``compiler.compile``: trace -> channel groups -> importance -> select -> rewrite -> verify."""
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -15,9 +16,7 @@ from passes.report import format_groups
 from passes.rewrite import KeepMap, rewrite
 from passes.select import CostModel, scope_pools, select, select_budget
 from passes.trace import as_tuple
-from passes.verify import VerifyResult, verify
-
-VERIFY_TOLERANCE = 1e-5  # relative, fp32
+from passes.verify import VERIFY_TOLERANCE, VerifyResult, failure_message, verify
 
 
 @dataclass
@@ -68,12 +67,28 @@ def _verify_inputs(model: nn.Module, inputs: tuple, max_side: int | None) -> tup
             return full, model(*full)
 
 
-def _budget_select(groups, scores, scopes, **options):
-    """``choose(cost model, budget) -> keep`` for the budget modes (target_macs / target_latency)."""
-    if scopes:
-        raise DCPError("scopes set per-pool ratios; with a budget (target_macs / target_latency) the "
-                       "selection sizes every group itself from normalised scores: drop scopes")
-    return lambda cost, budget: select_budget(groups, scores, cost, budget, **options)
+def _budget_plan(gm, ctx, groups, layers, scores, example, target_macs, target_latency, backend,
+                 options: dict, latency_options: Mapping[str, Any]) -> tuple[dict, dict | None]:
+    """The keep plan for a MAC or a measured-latency budget (``select_budget`` over that cost
+    model), and the latency report (None for MACs)."""
+    def choose(cost, budget):
+        return select_budget(groups, scores, cost, budget, **options)
+
+    if target_latency is not None:
+        from .latency_fit import fit_latency
+        return fit_latency(gm, ctx, groups, layers, example, target_latency, choose, backend, options["round_to"],
+                           options["min_channels"], options["max_ratio"], **latency_options)
+    if not 0 < target_macs <= 1:
+        raise DCPError(f"target_macs must be a fraction in (0, 1], got {target_macs}")
+    macs = CostModel.macs(layers, {g.id: g.size for g in groups})
+    return choose(macs, target_macs * macs.total({})), None
+
+
+def _restore_modes(model: nn.Module, modes: Mapping[str, bool]) -> None:
+    """Put every submodule back in its own train/eval mode (a model may mix them, e.g. frozen BN)."""
+    for name, m in model.named_modules():
+        if name in modes:
+            m.training = modes[name]
 
 
 def _default_normalize(importance) -> str:
@@ -89,7 +104,7 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
             target_macs: float | None = None, target_latency: float | None = None, backend: str = "torch-cpu",
             normalize: str = "auto", max_ratio: float = 0.9, latency_options: Mapping[str, Any] | None = None
             ) -> CompileResult:
-    """Compile ``model`` to a compact GraphModule. See DESIGN.md "Public contract".
+    """Compile ``model`` to a compact GraphModule. The stages and the public API: docs/architecture.md.
 
     ``target_macs``: keep at most this fraction of the MACs (e.g. 0.5); ``target_latency``: the
     compact model's latency on ``backend`` (measured at the example's shape) is this fraction of
@@ -103,7 +118,7 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
     """
     start = time.perf_counter()
     inputs = as_tuple(example_inputs)
-    was_training = model.training
+    was_training, modes = model.training, {name: m.training for name, m in model.named_modules()}
     model.eval()
     try:
         gm = trace(model, inputs, leaf_modules=leaf_modules)
@@ -115,17 +130,13 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
         normalize = _default_normalize(importance) if normalize == "auto" else normalize
         latency = None
         if target_macs is not None or target_latency is not None:
-            choose = _budget_select(groups, scores, scopes, round_to=round_to,
-                                    min_channels=min_channels, max_ratio=max_ratio, normalize=normalize, widths=widths)
-            if target_latency is not None:
-                from .latency_fit import fit_latency
-                keep, latency = fit_latency(gm, ctx, groups, layers, inputs[0], target_latency, choose, backend,
-                                            round_to, min_channels, max_ratio, **(latency_options or {}))
-            else:
-                if not 0 < target_macs <= 1:
-                    raise DCPError(f"target_macs must be a fraction in (0, 1], got {target_macs}")
-                macs = CostModel.macs(layers, {g.id: g.size for g in groups})
-                keep = choose(macs, target_macs * macs.total({}))
+            if scopes:
+                raise DCPError("scopes set per-pool ratios; with a budget (target_macs / target_latency) the "
+                               "selection sizes every group itself from normalised scores: drop scopes")
+            options = dict(round_to=round_to, min_channels=min_channels, max_ratio=max_ratio, normalize=normalize,
+                           widths=widths)
+            keep, latency = _budget_plan(gm, ctx, groups, layers, scores, inputs[0], target_macs, target_latency,
+                                         backend, options, latency_options or {})
             prunable = [g for g in groups if g.id in keep]
             ratio = 1 - sum(len(keep[g.id]) for g in prunable) / max(sum(g.size for g in prunable), 1)
         else:
@@ -133,6 +144,9 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
             keep = select(groups, scores, ratio=ratio, round_to=round_to, min_channels=min_channels,
                           widths=widths, pools=pools, normalize=normalize, max_ratio=max_ratio)
         compact, kept = rewrite(ctx, groups, keep)
+        # the rewrite reuses the input's unpruned modules and tensors; a copy of the (smaller)
+        # compact model is the cheapest way to hand out a model that shares nothing with it
+        compact = copy.deepcopy(compact)
         report = {
             "input_shape": [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)],
             "ratio": ratio, "importance": importance if isinstance(importance, str) else "map",
@@ -150,15 +164,16 @@ def compile(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importanc
             report["latency"] = latency
         if verify_size != 0:
             vin, reference = _verify_inputs(model, inputs, verify_size)
-            result = verify(model, compact, KeepMap(ctx, groups, keep), vin, original_output=reference)
-            report["verify"] = {**result._asdict(),
+            keep_map = KeepMap(ctx, groups, keep)
+            result = verify(compact, keep_map, vin, original_output=reference)
+            report["verify"] = {**result._asdict(), "dtype": "float64", "tolerance": VERIFY_TOLERANCE,
                                 "input_shape": [list(t.shape) for t in vin if isinstance(t, torch.Tensor)]}
             if check and not result.masked_rel <= VERIFY_TOLERANCE:
-                raise DCPError(f"rewrite check failed: compact model differs from the masked original "
-                               f"by {result.masked_rel:.2e} relative (a compiler bug; please report it)")
+                raise DCPError(failure_message(compact, keep_map, vin, result))
     finally:
-        model.train(was_training)
+        _restore_modes(model, modes)
     compact.train(was_training)
+    _restore_modes(compact, modes)
     report["seconds"] = time.perf_counter() - start
     return CompileResult(compact, kept, report)
 

@@ -8,7 +8,8 @@
   into place, and only then the old one deleted. A crash before the swap leaves the old folder
   where it was; a crash between the two renames leaves it aside, and the next ``new_folder``
   for that target (or :func:`recover_folder`) puts it back.
-- :func:`move_file` publishes a file made elsewhere (e.g. by an exporter) the same way.
+- :func:`move_file` publishes a file made elsewhere (e.g. by an exporter) the same way;
+  :func:`write_figure` renders a matplotlib figure and writes it like any file.
 
 Every writer of the project (checkpoints, images, reports, artifacts, data sets, ONNX files) goes
 through here. It imports nothing of ``matting`` (only ``passes.errors``), so ``compiler`` may use
@@ -82,6 +83,21 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode())
+
+
+def write_figure(path: str | os.PathLike, fig, **savefig_kwargs) -> Path:
+    """Render a matplotlib figure (format from the suffix, PNG by default) and write it atomically;
+    the figure is closed."""
+    import io
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    write_bytes(path, buf.getvalue())
+    return path
 
 
 def move_file(src: str | os.PathLike, dest: str | os.PathLike) -> Path:

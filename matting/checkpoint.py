@@ -19,6 +19,7 @@ from torch import nn
 from passes.errors import DCPError
 
 from .atomic import new_file
+from .data.io import require_file
 from .model import DIM, ENCODER
 
 
@@ -30,11 +31,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 def read_torch_file(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
     """Load a torch file safely; clear one-line errors for missing, corrupt or pickled files."""
-    path = Path(path)
-    if not path.exists():
-        raise DCPError(f"no such file: {path}")
-    if path.is_dir():
-        raise DCPError(f"{path} is a folder, expected a checkpoint file")
+    path = require_file(path, "a checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -1,4 +1,4 @@
-"""Inference on real images with any matting nn.Module (REFERENCE 1 input convention).
+"""Inference on real images with any matting nn.Module (input convention: docs/method.md#teacher).
 
 ``predict`` normalises the image, appends trimap/255, pads to a multiple of 32 (reflect), runs
 the model (whole, or in overlapping tiles when the image would not fit in memory), crops

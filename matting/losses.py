@@ -1,4 +1,4 @@
-"""Losses of both DCP stages (REFERENCE section 2): alpha loss, SPKD distillation, composition.
+"""Losses of both DCP stages (docs/method.md#losses): alpha loss, SPKD distillation, composition.
 
 Total loss of the pruning and the training stage: ``L_gt + L_ts + KD`` (all weights 1), where
 ``L_gt = alpha_loss(student, gt, m)``, ``L_ts = alpha_loss(student, teacher, m)`` and KD is

@@ -2,7 +2,7 @@
 
 All four take ``pred``, ``gt`` (uint8 alpha, 0..255) and ``trimap`` (0/128/255) of one shape;
 only pixels with ``trimap == 128`` count. Values come in the units papers report:
-SAD / 1000, MSE unscaled (papers print it x 1e3), Grad / 1000, Conn / 1000 (REFERENCE 5).
+SAD / 1000, MSE unscaled (papers print it x 1e3), Grad / 1000, Conn / 1000 (definitions: docs/method.md#metrics).
 
 >>> import numpy as np
 >>> p = np.full((4, 4), 255, np.uint8); g = np.zeros((4, 4), np.uint8); t = np.full((4, 4), 128, np.uint8)

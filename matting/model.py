@@ -1,4 +1,4 @@
-"""The Deep Image Matting teacher (the foamliu PyTorch variant, REFERENCE section 1).
+"""The Deep Image Matting teacher (its common PyTorch form; docs/method.md#teacher).
 
 Module names match the public checkpoint (``down1.conv1.cbr_unit.0.weight`` ...), so its
 state_dict loads with ``strict=True``. Widths are data: ``dim(width=0.25)`` scales every
@@ -14,7 +14,7 @@ from torch import nn
 # (block name, number of convs, default output width) of the VGG16 encoder.
 ENCODER = (("down1", 2, 64), ("down2", 2, 128), ("down3", 3, 256), ("down4", 3, 512), ("down5", 3, 512))
 DECODER = ("up5", "up4", "up3", "up2", "up1")
-# The distillation taps: encoder features after ReLU and pool (REFERENCE section 2).
+# The distillation taps: encoder features after ReLU and pool (docs/method.md#losses).
 TAP_MODULES = ("down2.maxpool_with_argmax", "down3.maxpool_with_argmax",
                "down4.maxpool_with_argmax", "down5.maxpool_with_argmax")
 

@@ -1,4 +1,5 @@
-"""Group-aware sparsity of the pruning stage (network slimming on BN gammas, REFERENCE section 2).
+"""Group-aware sparsity of the pruning stage (network slimming on BN gammas;
+docs/method.md#sparsity).
 
 Only the BNs the compiler can prune are penalised: the "norm" members of non-frozen channel
 groups (``passes.channel_groups``). After ``backward`` the L1 subgradient is added,

@@ -7,7 +7,6 @@ it freezes every channel it touches.
 """
 from __future__ import annotations
 
-import math
 import operator
 
 import numpy as np
@@ -113,7 +112,8 @@ def conv(ctx, node):
         ctx.member(node.target, "depthwise", space_in, node)
         ctx.module_io(node.target, space_in, space_in, "depthwise", node)
         return space_in
-    return unknown_reason(ctx, node, f"is a grouped conv (groups={m.groups}): not pruned")
+    from .grouped_conv import grouped_conv  # groups not 1 and not depthwise: its own module
+    return grouped_conv(ctx, node)
 
 
 def linear(ctx, node):
@@ -211,8 +211,12 @@ def cat(ctx, node):
     tensors = _arg(node, 0, "tensors")
     dim = _arg(node, 1, "dim", 0)
     rank = len(ctx.shape(node))
-    spaces = [ctx.space(t) for t in tensors]
-    if any(s is None for s in spaces):
+    if isinstance(tensors, fx.Node):  # torch.cat(x.split(...)): one tuple-valued node
+        whole = ctx.space(tensors)
+        spaces = list(whole) if isinstance(whole, (tuple, list)) else [None]
+    else:
+        spaces = [ctx.space(t) for t in tensors]
+    if any(not isinstance(s, np.ndarray) for s in spaces):
         return unknown_reason(ctx, node, "concatenates a value without a channel space")
     if dim % rank == 1:
         return np.concatenate(spaces)
@@ -236,49 +240,6 @@ def getitem(ctx, node):
     return unknown_reason(ctx, node, f"indexes the channel dim ({index!r})")
 
 
-def flatten(ctx, node):
-    src = _tensor_args(node)[0]
-    shape, out = ctx.shape(src), ctx.shape(node)
-    start = _arg(node, 1, "start_dim", 0)
-    if start % len(shape) >= 2:
-        return ctx.space(src)
-    if start % len(shape) == 1 and len(out) == 2:
-        return np.repeat(ctx.space(src), math.prod(shape[2:]))
-    return unknown_reason(ctx, node, "flattens the batch and channel dims together")
-
-
-def reshape(ctx, node):
-    """view/reshape: safe when it keeps (N, C, ...) or flattens from dim 1 AND the channel
-    count is not a literal in the call (a literal would not follow the pruning)."""
-    src = node.args[0]
-    shape, out = ctx.shape(src), ctx.shape(node)
-    sizes = node.args[1:] if len(node.args) > 2 or not isinstance(_arg(node, 1, "shape"), (tuple, list)) \
-        else tuple(_arg(node, 1, "shape"))
-    if len(sizes) > 1 and isinstance(sizes[1], int) and sizes[1] != -1:
-        return unknown_reason(ctx, node, f"has the channel count {sizes[1]} as a literal: it would not follow pruning")
-    if shape and out and len(out) >= 2 and out[0] == shape[0]:
-        if out[1] == shape[1] and math.prod(out[2:]) == math.prod(shape[2:]):
-            return ctx.space(src)
-        if len(out) == 2 and out[1] == math.prod(shape[1:]):
-            return np.repeat(ctx.space(src), math.prod(shape[2:]))
-    return unknown_reason(ctx, node, f"reshapes {shape} -> {out} in a way that moves channels")
-
-
-def permute(ctx, node):
-    dims = node.args[1:] if not isinstance(node.args[1], (tuple, list)) else tuple(node.args[1])
-    if len(dims) >= 2 and dims[0] == 0 and dims[1] == 1:
-        return ctx.space(node.args[0])
-    return unknown_reason(ctx, node, "moves the channel dim")
-
-
-def transpose(ctx, node):
-    d0, d1 = (_arg(node, 1, "dim0"), _arg(node, 2, "dim1"))
-    rank = len(ctx.shape(node))
-    if {d0 % rank, d1 % rank}.isdisjoint({0, 1}):
-        return ctx.space(node.args[0])
-    return unknown_reason(ctx, node, "moves the channel dim")
-
-
 def reduce(ctx, node):
     dims = _arg(node, 1, "dim")
     shape = ctx.shape(node.args[0])
@@ -286,18 +247,6 @@ def reduce(ctx, node):
     if dims is None or any(d % len(shape) in (0, 1) for d in dims):
         return unknown_reason(ctx, node, "reduces over the channel dim")
     return same_if_shape_keeps_channels(ctx, node)
-
-
-def split(ctx, node):
-    """split/chunk: along a spatial dim every piece keeps the channels; along the channel dim
-    the piece sizes are literals the rewrite does not update, so the channels freeze."""
-    src = node.args[0]
-    dim = _arg(node, 2, "dim", 0)
-    rank = len(ctx.shape(src))
-    pieces = node.meta.get("tensor_meta")
-    if dim % rank != 1:
-        return tuple(ctx.space(src) for _ in pieces)
-    return unknown_reason(ctx, node, "splits the channel dim into pieces of literal sizes")
 
 
 def get_attr(ctx, node):

@@ -20,11 +20,13 @@ not prove safe FREEZE every identity they touch, and the group says why (naming 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import operator
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import fx
+import torch.nn.functional as F
+from torch import fx, nn
 
 from .unionfind import UnionFind
 
@@ -82,6 +84,7 @@ class ChannelAnalysis:
         self.modules: dict[str, ModuleChannels] = {}
         self.member_records: list[tuple[str, str, Space, str, int | None]] = []
         self.spaces: dict[fx.Node, Any] = {}
+        self.channel_axis: dict[fx.Node, int] = {}  # nodes whose space does not start at dim 1 / is n-D
         # parameters/buffers used directly (get_attr): target -> {dim: ids}, and the dim of
         # each whose kept positions are reported as its "output" channels
         self.params: dict[str, dict[int, Space]] = {}
@@ -162,14 +165,72 @@ def flat_spaces(value: Any) -> list[Space]:
 def analyse(gm: fx.GraphModule) -> ChannelAnalysis:
     """Walk the graph once, applying each node's rule. Needs ``passes.trace`` metadata."""
     from .registry import lookup
+    from .channels_last import guarded  # rules for dim 1 never see channels moved elsewhere
     ctx = ChannelAnalysis(gm)
     for node in gm.graph.nodes:
         if node.op != "output" and "tensor_meta" not in node.meta and "type" not in node.meta:
             raise ValueError(f"node '{node.name}' has no shape metadata: trace the model with passes.trace first")
         rule: Callable = lookup(gm, node).rule
-        ctx.spaces[node] = rule(ctx, node)
+        ctx.spaces[node] = rule(ctx, node) if not ctx.channel_axis else guarded(ctx, node, rule)
     _freeze_unclaimed_parameter_uses(ctx)
+    _freeze_channel_counts_used_as_values(ctx)
     return ctx
+
+
+# Users that take sizes as a SHAPE: a channel count there follows the pruning by construction
+# (whether the reshape itself is proven is its own rule's business).
+SHAPE_CONSUMERS = {"view", "reshape", "expand", "new_zeros", "new_ones", "new_empty", "new_full", torch.reshape,
+                   torch.zeros, torch.ones, torch.empty,
+                   # output sizes: only the spatial dims are read
+                   F.max_unpool1d, F.max_unpool2d, F.max_unpool3d, F.interpolate}
+SIZE_MODULES = (nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d, nn.Upsample)
+
+
+def _size_query(node: fx.Node):
+    """``(tensor, included)`` if ``node`` reads the size of a tensor: ``included`` says whether
+    the value holds the channel count (dim 1)."""
+    if node.op == "call_method" and node.target in ("size", "numel") or \
+            node.op == "call_function" and (node.target is torch.numel or
+                                            node.target is getattr and node.args[1:] == ("shape",)):
+        src = node.args[0]
+        rank = len(src.meta.get("tensor_meta").shape) if hasattr(src.meta.get("tensor_meta"), "shape") else 0
+        dim = node.args[1] if node.target == "size" and len(node.args) > 1 else node.kwargs.get("dim")
+        return src, rank >= 2 and (dim is None or dim % rank == 1)
+    return None
+
+
+def _index_keeps_channel(index, rank: int) -> bool:
+    if isinstance(index, int):
+        return index % rank == 1
+    if isinstance(index, slice):
+        return 1 in range(rank)[index]
+    return True
+
+
+def _freeze_channel_counts_used_as_values(ctx: ChannelAnalysis) -> None:
+    """``x.size(1)``, ``x.shape``, ``x.numel()`` follow the pruning: fine as a view's shape, but
+    a computation with them (``y * x.size(1)``, ``torch.arange(c)``) would change values:
+    then the tensor's channels freeze."""
+    for node in ctx.gm.graph.nodes:
+        found = _size_query(node)
+        if found is None or not found[1] or ctx.space(found[0]) is None:
+            continue
+        src, rank = found[0], len(ctx.shape(found[0]))
+        todo = [node]
+        while todo:
+            v = todo.pop()
+            for user in v.users:
+                if user.target is operator.getitem and user.args[0] is v and v.meta.get("type") is not int:
+                    if _index_keeps_channel(user.args[1], rank):
+                        todo.append(user)
+                elif user.target in SHAPE_CONSUMERS or user.op == "call_module" and \
+                        isinstance(ctx.gm.get_submodule(user.target), SIZE_MODULES):
+                    continue
+                elif user.op != "output" and user.meta.get("type") in (int, float, bool, torch.Size, tuple):
+                    todo.append(user)  # integer arithmetic on sizes: follow where the result goes
+                else:
+                    ctx.freeze(ctx.space(src), f"{user.name}: computes with the channel count of "
+                                               f"'{src.name}' (it would change with pruning)")
 
 
 def _freeze_unclaimed_parameter_uses(ctx: ChannelAnalysis) -> None:

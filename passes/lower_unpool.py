@@ -2,7 +2,7 @@
 
 TensorRT's ONNX parser supports neither MaxUnpool, nor ScatterND (what the dynamo exporter
 turns an unpool into), nor MaxPool's Indices output; ScatterND with dynamic H/W is fragile
-in ONNX Runtime too (REFERENCE section 7). For a pool whose windows do not overlap
+in ONNX Runtime too (docs/architecture.md#onnx-export-and-deployment). For a pool whose windows do not overlap
 (kernel == stride s, no padding, no dilation, floor mode) the unpool needs no indices:
 
     unpool(v, idx, (H, W))[p] = v[up(p)] if p is the first max of its window in x else 0

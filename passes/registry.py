@@ -161,7 +161,6 @@ _TABLE: list[tuple] = [
      "per-channel windows; values and indices keep the input's channels"),
     ((nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d), R.unpool, None,
      "scatters each channel by its own indices: values, indices and output are one identity"),
-    ((nn.Flatten,), R.flatten, None, "reshape family: flattening from dim 1 repeats each channel per position"),
     (("torchvision.ops.stochastic_depth.StochasticDepth",), R.same, None, "scales whole samples"),
     # functions
     ((F.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.hardtanh, F.elu, torch.relu,
@@ -193,25 +192,15 @@ _TABLE: list[tuple] = [
     ((F.group_norm,), P.functional_group_norm, None,
      "one channel a group is per channel; num_groups is rewritten to the kept width", P.group_norm_args),
     ((getattr, len), R.no_channels, None, "a size or attribute query: no channels"),
-    ((torch.flatten,), R.flatten, None, "reshape family: flattening from dim 1 repeats each channel per position"),
-    ((torch.reshape,), R.reshape, None, "reshape family: keeps (N, C, ...) or flattens from dim 1"),
-    ((torch.permute,), R.permute, None, "reshape family: fine while dims 0 and 1 stay"),
-    ((torch.transpose,), R.transpose, None, "reshape family: fine while dims 0 and 1 stay"),
-    ((torch.split, torch.chunk), R.split, None, "reshape family: spatial pieces keep channels; channel pieces freeze"),
     (("torchvision.ops.stochastic_depth.stochastic_depth",), R.same, None, "scales whole samples"),
     # tensor methods
-    (("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "hardtanh_", "neg"), R.same, None,
+    (("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "neg"), R.same, None,
      "element-wise: " + _PASS),
     (("contiguous", "clone", "detach", "float", "half", "to", "type_as"), R.same, None, "same values, new storage or dtype"),
     (("size", "dim", "numel", "ndimension"), R.no_channels, None, "a size query: no channels"),
     (("add", "add_", "sub", "mul", "mul_", "div", "div_"), R.elementwise, None, _ELEMENTWISE),
     (("mean", "sum", "amax"), R.reduce, None, "reducing spatial dims keeps channels; over C freezes"),
     (("squeeze", "unsqueeze"), R.same_if_shape_keeps_channels, None, "fine while dims 0 and 1 stay (N, C)"),
-    (("view", "reshape"), R.reshape, None, "reshape family: keeps (N, C, ...) or flattens from dim 1"),
-    (("flatten",), R.flatten, None, "reshape family: flattening from dim 1 repeats each channel per position"),
-    (("permute",), R.permute, None, "reshape family: fine while dims 0 and 1 stay"),
-    (("transpose",), R.transpose, None, "reshape family: fine while dims 0 and 1 stay"),
-    (("split", "chunk"), R.split, None, "reshape family: spatial pieces keep channels; channel pieces freeze"),
 ]
 
 for _keys, _rule, _slicer, _reason, *_rewrite in _TABLE:
@@ -222,3 +211,7 @@ for _keys, _rule, _slicer, _reason, *_rewrite in _TABLE:
 def known_ops() -> dict[object, OpEntry]:
     """Every registered key and its row (for docs and the op-table fuzz test)."""
     return {**_MODULES, **_CALLABLES, **_METHODS, **_NAMED}
+
+
+# the reshape family (view/reshape/flatten, permute/transpose, split/chunk) and channels-last rows
+from . import shape_rules, channels_last  # noqa: E402,F401

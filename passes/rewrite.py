@@ -112,3 +112,5 @@ def _rewrite_args(gm: fx.GraphModule, keep_map: KeepMap, copies: Mapping[fx.Node
         if new is not None:
             args, kwargs = fx.map_arg(tuple(new[0]), copies.__getitem__), fx.map_arg(dict(new[1]), copies.__getitem__)
             copies[node].args, copies[node].kwargs = args, kwargs
+            if len(new) == 3:  # (args, kwargs, target): e.g. a chunk that became a split
+                copies[node].target = new[2]

@@ -47,6 +47,9 @@ TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def slice_conv(m, keep_in, keep_out):
+    if m.groups > 1 and not m.groups == m.in_channels == m.out_channels:
+        from .grouped_conv import slice_grouped_conv
+        return slice_grouped_conv(m, keep_in, keep_out)
     new = shallow(m)
     transposed = isinstance(m, TRANSPOSED_CONVS)
     out_dim, in_dim = (1, 0) if transposed else (0, 1)

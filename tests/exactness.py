@@ -37,21 +37,22 @@ class _Masked(fx.Interpreter):
             kept = self.keep_map.kept_positions(space)
             if kept is None or not value.is_floating_point():
                 return value
-            mask = torch.zeros(value.shape[1], dtype=value.dtype)
-            mask[torch.as_tensor(kept)] = 1
-            return value * mask.view(1, -1, *[1] * (value.dim() - 2))
+            dropped = torch.ones(value.shape[1], dtype=torch.bool)
+            dropped[torch.as_tensor(kept)] = False
+            return value.index_fill(1, torch.nonzero(dropped).flatten(), 0)  # also clears 0/0 = nan
         if isinstance(space, (tuple, list)):
             return type(value)(self._mask(v, s) for v, s in zip(value, space))
         return value
 
 
-def _double(module):
-    return copy.deepcopy(module).double().eval()
+def _cast(module, dtype):
+    return copy.deepcopy(module).to(dtype).eval()
 
 
-def prune(model, x, ratio=None, importance="bn", seed=0):
+def prune(model, x, ratio=None, importance="bn", seed=0, dtype=torch.float64):
     """Prune ``model`` (every prunable group to half its width, or a global ``ratio``);
-    ``masked_rel``: max |compact - masked original| / max |masked original|, in float64."""
+    ``masked_rel``: max |compact - masked original| / max |masked original|, in ``dtype``
+    (float32 for models that cast to float32 themselves)."""
     before = {k: v.clone() for k, v in model.state_dict().items()}
     gm = passes.trace(model.eval(), x)
     ctx = passes.analyse(gm)
@@ -60,10 +61,10 @@ def prune(model, x, ratio=None, importance="bn", seed=0):
     keep = select(groups, channel_scores(gm, groups, importance), ratio=ratio or 0.0, widths=widths)
     compact, kept = rewrite(ctx, groups, keep)
     keep_map = KeepMap(ctx, groups, keep)
-    xs = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    xs = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
     with torch.no_grad():
-        ref = _Masked(_double(gm), keep_map).run(xs)
-        out = _double(compact)(xs)
+        ref = _Masked(_cast(gm, dtype), keep_map).run(xs)
+        out = _cast(compact, dtype)(xs)
     ref, out = (ref if isinstance(ref, tuple) else (ref,)), (out if isinstance(out, tuple) else (out,))
     rel = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-300)) for a, b in zip(out, ref)) \
         if all(a.shape == b.shape for a, b in zip(out, ref)) else float("inf")

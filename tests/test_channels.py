@@ -8,7 +8,7 @@ from torch import nn
 import matting
 import passes
 
-UNPOOL_COUPLINGS = [  # encoder conv whose output channels are the decoder conv's (REFERENCE 1)
+UNPOOL_COUPLINGS = [  # encoder conv whose output channels are the decoder conv's (docs/method.md#teacher)
     ("down1.conv2.cbr_unit.0", "up2.conv.cbr_unit.0"),
     ("down2.conv2.cbr_unit.0", "up3.conv.cbr_unit.0"),
     ("down3.conv3.cbr_unit.0", "up4.conv.cbr_unit.0"),
@@ -96,8 +96,9 @@ class Weird(nn.Module):
 @pytest.mark.parametrize("op,expected", [
     (lambda y: torch.roll(y, 1, 1), "no channel rule for call_function roll"),
     (lambda y: y.view(y.size(0), y.size(1), -1).view(y.shape), None),  # keeps (N, C, ...): fine
-    (lambda y: y.view(1, 8, -1).view(y.shape), "channel count 8 as a literal"),
-    (lambda y: y.flatten(1).view(y.size(0), -1, 4, 4), "moves channels"),
+    (lambda y: y.view(1, 8, -1).view(y.shape), None),  # the literal 8 is rewritten (shape_rules)
+    (lambda y: y.flatten(1).view(y.size(0), -1, 4, 4), None),  # flattened and folded back: followed
+    (lambda y: y.reshape(-1, 4, 4, 4).reshape(y.shape), "merges the channels with the batch dim"),
     (lambda y: torch.softmax(y, 1), "no channel rule"),
     (lambda y: y[:, :4].repeat(1, 2, 1, 1), "indexes the channel dim"),
 ])
@@ -128,3 +129,30 @@ def test_module_called_twice_has_one_identity():
     groups = passes.channel_groups(passes.trace(Shared(), torch.zeros(1, 3, 4, 4)))
     # mix maps its own output back into its input: in and out channels are one identity
     assert group_of(groups, "conv") is group_of(groups, "mix")
+
+
+class _SizeUser(nn.Module):
+    """SE written with sizes (x.size() into view: follows pruning) or a channel count used as a value."""
+
+    def __init__(self, as_value):
+        super().__init__()
+        self.as_value = as_value
+        self.conv, self.fc, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 8), nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        b, c, _, _ = y.size()
+        gate = torch.sigmoid(self.fc(y.mean((2, 3)).view(b, c))).view(b, c, 1, 1)
+        y = y * gate
+        if self.as_value:
+            y = y / y.size(1)  # a mean over channels written by hand: changes with pruning
+        return self.head(y)
+
+
+def test_channel_counts_as_shapes_follow_pruning_but_as_values_freeze():
+    x = torch.zeros(1, 3, 8, 8)
+    groups = passes.channel_groups(passes.trace(_SizeUser(False), x))
+    assert group_of(groups, "conv").prunable
+    groups = passes.channel_groups(passes.trace(_SizeUser(True), x))
+    frozen = group_of(groups, "conv").frozen
+    assert frozen == "truediv: computes with the channel count of 'mul' (it would change with pruning)"

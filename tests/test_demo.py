@@ -13,9 +13,13 @@ def test_fast_demo_writes_a_complete_report(tmp_path, dcp):
     for plot in ("widths", "gammas", "latency", "grid"):
         assert (demo / "plots" / f"{plot}.png").stat().st_size > 5000
     metrics = json.loads((demo / "metrics.json").read_text())
-    assert set(metrics) == {"teacher", "student"} and all(0 <= m["sad"] < 1e3 for m in metrics.values())
+    assert set(metrics) == {"teacher", "student", "MAC student"} and all(0 <= m["sad"] < 1e3 for m in metrics.values())
+    assert "| MAC student |" in report and "## Latency budget" in report
     plan = json.loads((demo / "compiled" / "plan.json").read_text())["report"]
-    assert plan["macs_after"] <= 0.5 * plan["macs_before"] and plan["verify"]["masked_rel"] < 1e-5
+    assert plan["latency"]["backend"] == "torch-cpu" and plan["verify"]["masked_rel"] < 1e-5
+    assert plan["macs_after"] < plan["macs_before"]
+    mac_plan = json.loads((demo / "compiled_macs" / "plan.json").read_text())["report"]
+    assert mac_plan["macs_after"] <= 0.5 * mac_plan["macs_before"] and mac_plan["verify"]["masked_rel"] < 1e-5
     assert (demo / "student.onnx").is_file() and (demo / "finetune" / "model" / "graph.json").is_file()
 
 

@@ -1,4 +1,4 @@
-"""The losses of REFERENCE section 2 against hand computations and their textbook forms."""
+"""The losses of docs/method.md#losses against hand computations and their textbook forms."""
 import math
 
 import pytest

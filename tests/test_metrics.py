@@ -1,4 +1,4 @@
-"""The Composition-1k metrics against the official MATLAB definitions (REFERENCE section 5)."""
+"""The Composition-1k metrics against the official MATLAB definitions (docs/method.md#metrics)."""
 import csv
 import math
 

@@ -1,7 +1,7 @@
 """Regressions for the two ways torch-pruning 1.6 gets pool/unpool networks wrong.
 
 MaxUnpool needs its value input to carry the SAME channels as the indices of the pool
-that made them (REFERENCE section 1). torch-pruning does not see the indices edge (indices
+that made them (docs/method.md#teacher). torch-pruning does not see the indices edge (indices
 have no grad_fn): uniform pruning keeps different channels on the two sides (silently
 wrong), global pruning crashes at the unpool. Our compiler must tie the two sides, keep the
 same indices on both, and emit a compact model equal to the masked original; also when

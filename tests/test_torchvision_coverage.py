@@ -143,20 +143,60 @@ def test_mobilenet_v3_se_gate_ties_to_block_channels():
         assert squeeze is not gate and squeeze.prunable
 
 
-def test_shufflenet_channel_shuffle_freezes_with_node_reason():
-    model, _ = _built("shufflenet_v2_x0_5")
-    gm, groups = _groups("shufflenet_v2_x0_5")
-    targets = {n.name: n.target for n in gm.graph.nodes}
-    branch_outputs = [n for n in dict(model.named_modules())
-                      if n.startswith("stage") and (n.endswith("branch2.5") or n.endswith(".0.branch1.2"))]
-    assert len(branch_outputs) == 16 + 3
-    for producer in branch_outputs:
-        g = _group_of(groups, producer)
-        assert g.frozen, producer
-        node = g.frozen.split(":")[0]
-        assert targets.get(node) == "view", (producer, g.frozen)  # the shuffle's first reshape
-    # the first conv of every right branch is not touched by the shuffle: prunable
-    assert _group_of(groups, "stage3.1.branch2.0").prunable
+def test_shufflenet_stage_prunes_through_chunk_and_shuffle():
+    model, x = _built("shufflenet_v2_x0_5")
+    _, groups = _groups("shufflenet_v2_x0_5")
+    for stage, units in (("stage2", 4), ("stage3", 8), ("stage4", 4)):
+        # a stage's shuffled channels: one group per chunk piece (units 2.. right halves, last left half)
+        trunk = [g for g in groups if f"{stage}.0.branch1.2" in g.names("producer")]
+        assert units - 1 <= len(trunk) <= units and all(g.prunable for g in trunk), stage  # stage3 runs out of halves
+        assert {f"{stage}.{u}.branch2.5" for u in range(units)} <= {p for g in trunk for p in g.names("producer")}
+    assert _group_of(groups, "stage3.1.branch2.0").prunable  # a right branch's own channels
+    res = compiler.compile(model, x, ratio=0.5, importance="l1")
+    assert res.report["verify"]["masked_rel"] < 1e-4
+    assert len(res.kept["stage3.0.branch1.2"]) < 48 and res.module.get_submodule("stage3.1.branch2.5").out_channels < 48
+    chunks = [n for n in res.module.graph.nodes if n.op == "call_method" and n.target in ("chunk", "split")]
+    assert any(n.target == "split" for n in chunks)  # chunks of pruned pieces became splits
+
+
+def test_regnet_grouped_convs_prune_each_group_alike():
+    model, x = _built("regnet_x_400mf")
+    _, groups = _groups("regnet_x_400mf")
+    grouped = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels]
+    assert len(grouped) == 22
+    for name in grouped:
+        assert _group_of(groups, name).prunable, name
+        assert _group_of(groups, name, "consumer").prunable, name
+    assert sum(g.prunable for g in groups) >= 45
+    res = compiler.compile(model, x, ratio=0.3, importance="l1")
+    assert res.report["verify"]["masked_rel"] < 1e-4
+    for name in grouped:
+        before, after = model.get_submodule(name), res.module.get_submodule(name)
+        assert after.groups == before.groups and after.in_channels % after.groups == 0
+    assert any(res.module.get_submodule(n).out_channels < model.get_submodule(n).out_channels for n in grouped)
+
+
+@slow
+def test_convnext_hidden_linears_prune_and_layernormed_channels_freeze():
+    from passes.channels import analyse, build_groups
+    from passes.importance import channel_scores
+    from passes.rewrite import KeepMap, rewrite
+    from passes.select import select
+    from tests.random_shape_nets import masked_error
+    torch.manual_seed(0)
+    model, x = tvm.convnext_tiny().eval(), torch.randn(1, 3, 32, 32)
+    gm = passes.trace(model, x)
+    ctx = analyse(gm)
+    groups = build_groups(ctx)
+    hidden = [g for g in groups if g.prunable]
+    assert len(hidden) == 18  # one per block: Linear(C, 4C) -> GELU -> Linear(4C, C)
+    assert all(len(g.names("producer")) == 1 and g.names("producer")[0].endswith("block.3") for g in hidden)
+    trunk = _group_of(groups, "features.0.0")
+    assert "normalises across channels" in trunk.frozen
+    keep = select(groups, channel_scores(gm, groups, "l1"), ratio=0.5)
+    compact, kept = rewrite(ctx, groups, keep)
+    assert masked_error(compact, KeepMap(ctx, groups, keep), (x,)) < 1e-9
+    assert compact.get_submodule("features.1.0.block.3").out_features < 384
 
 
 @slow

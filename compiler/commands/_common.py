@@ -5,6 +5,8 @@ import argparse
 
 import torch
 
+from ..models import input_channels
+
 
 def add_model_arg(parser: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
     parser.add_argument("--model", required=required and default is None, default=default,
@@ -25,15 +27,7 @@ def add_size_arg(parser: argparse.ArgumentParser, default=(320, 320)) -> None:
 
 def example_input(model: torch.nn.Module, size) -> torch.Tensor:
     """A zero input of the model's channel count (4 for DIM: RGB + trimap)."""
-    channels = getattr(model, "in_channels", None) or _first_conv_in_channels(model) or 4
     h, w = size
     if h < 1 or w < 1:
         raise ValueError(f"--size must be positive, got {h} {w}")
-    return torch.zeros(1, channels, h, w)
-
-
-def _first_conv_in_channels(model: torch.nn.Module) -> int | None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            return m.in_channels
-    return None
+    return torch.zeros(1, input_channels(model), h, w)

@@ -37,17 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import bench
-    gpu = bench.gpu_present()
-    sizes = args.sizes or ([320] if args.quick else [320, 640, 1024] + ([2048] if gpu else []))
-    if any(s < 32 for s in sizes):
-        raise ValueError(f"sizes must be at least 32 (five 2x poolings), got {sizes}")
-    backends = args.backends or (["eager-fp32"] if args.quick else bench.default_backends("cuda" if gpu else "cpu"))
-    if args.no_onnx:
-        backends = [b for b in backends if not b.startswith("ort")]
-    repeats = args.repeats or (2 if args.quick else 20 if gpu else 5)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5 if gpu else 2)
-    if repeats < 1 or warmup < 0:
-        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+    sizes, backends, repeats, warmup = bench.run_settings(
+        bench.gpu_present(), args.quick, args.sizes, args.backends, args.repeats, args.warmup,
+        onnx=not args.no_onnx, quick_backends=["eager-fp32"])
     models = {}
     for spec in [args.model, *args.compare]:
         if spec in models:

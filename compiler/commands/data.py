@@ -64,7 +64,7 @@ def run_split(args: argparse.Namespace) -> int:
     else:
         if not args.bg_names:
             raise DCPError("--fg-names needs --bg-names")
-        items = adobe.composition_pairs(adobe.read_names(args.fg_names), adobe.read_names(args.bg_names), args.per_fg)
+        items = adobe.composition_pairs(io.read_names(args.fg_names), io.read_names(args.bg_names), args.per_fg)
         if not args.out:
             raise DCPError("--out is needed with --fg-names")
         out = Path(args.out)

@@ -1,4 +1,5 @@
-"""Adobe Image Matting / Composition-1k over its official folders and name lists (REFERENCE 4).
+"""Adobe Image Matting / Composition-1k over its official folders and name lists
+(docs/method.md#training-stages).
 
 Nothing is hard-coded: an ``AdobeLayout`` names the fg, alpha and background folders and the
 two name-list files (``training_fg_names.txt`` / ``training_bg_names.txt``, or the test ones).
@@ -34,7 +35,7 @@ class AdobeLayout:
     bg_names: Path
 
     def pairs(self, per_fg: int) -> list[Pair]:
-        return composition_pairs(read_names(self.fg_names), read_names(self.bg_names), per_fg)
+        return composition_pairs(io.read_names(self.fg_names), io.read_names(self.bg_names), per_fg)
 
     def read(self, fg_name: str, bg_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fg RGB, alpha, bg RGB) uint8 of one pair; fg and alpha must agree in size."""
@@ -42,14 +43,6 @@ class AdobeLayout:
         alpha = io.read_gray(Path(self.alpha_dir) / fg_name)
         io.check_same_size(fg, alpha, Path(self.fg_dir) / fg_name, Path(self.alpha_dir) / fg_name)
         return fg, alpha, io.read_rgb(Path(self.bg_dir) / bg_name)
-
-
-def read_names(path: str | os.PathLike) -> list[str]:
-    """Non-empty lines of a name-list file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DCPError(f"no such name-list file: {path}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def composition_pairs(fg_names: list[str], bg_names: list[str], per_fg: int) -> list[Pair]:
@@ -76,7 +69,7 @@ def write_pairs(path: str | os.PathLike, pairs: list[Pair]) -> None:
 def read_pairs(path: str | os.PathLike) -> list[Pair]:
     """Pairs from a split file (``fg<TAB>bg`` per line, as ``dcp data split`` writes)."""
     pairs = []
-    for n, line in enumerate(read_names(path), start=1):
+    for n, line in enumerate(io.read_names(path), start=1):
         parts = line.split("\t")
         if len(parts) != 2:
             raise DCPError(f"{path}:{n}: expected 'fg_name<TAB>bg_name'")
@@ -108,7 +101,7 @@ class AdobeTrain(Dataset):
     ``AdobeTrain(layout, pairs, crop=320, crop_scales=(1, 1.5, 2), flip=True, jitter=0.125,
     trimap_kernel=(1, 5), trimap_iterations=None, seed=None)``: ``pairs`` as from
     ``read_pairs(split file)`` or ``layout.pairs(100)``. Items are the dicts documented on
-    ``MattingFolder`` (with ``fg`` / ``bg``), cropped as in REFERENCE section 4.
+    ``MattingFolder`` (with ``fg`` / ``bg``), cropped as docs/method.md#training-stages says.
     """
 
     def __init__(self, layout: AdobeLayout, pairs: list[Pair], crop: int = 320,

@@ -105,7 +105,7 @@ class MattingFolder(Dataset):
             split_file = self.root / f"{split}.txt"
             if not split_file.is_file():
                 raise DCPError(f"no {split_file}; make it with `dcp data split --data {self.root}`")
-            names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+            names = io.read_names(split_file)
         self.names = list(names) if names is not None else folder_names(self.root)
         if not self.names:
             raise DCPError(f"{self.root} holds no samples")

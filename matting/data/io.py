@@ -36,12 +36,19 @@ def warn_once(kind: str, message: str) -> None:
     print(f"warning: {message} (further such warnings are not shown)", file=sys.stderr)
 
 
-def _decode(path: str | os.PathLike) -> np.ndarray:
+def require_file(path: str | os.PathLike, kind: str) -> Path:
+    """``path`` as a Path if it is an existing file, else a one-line ``DCPError`` (``kind``: what
+    was expected, e.g. "an image file")."""
     path = Path(path)
     if not path.exists():
         raise DCPError(f"no such file: {path}")
     if path.is_dir():
-        raise DCPError(f"{path} is a folder, expected an image file")
+        raise DCPError(f"{path} is a folder, expected {kind}")
+    return path
+
+
+def _decode(path: str | os.PathLike) -> np.ndarray:
+    path = require_file(path, "an image file")
     data = path.read_bytes()
     if data.startswith(_PNG_SIG) and _PNG_END not in data[-32:]:
         raise DCPError(f"cannot read {path}: the PNG file is truncated")
@@ -120,6 +127,14 @@ def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
     if not ok:
         raise DCPError(f"cannot encode an image as {ext} for {path}")
     write_bytes(path, buf.tobytes())
+
+
+def read_names(path: str | os.PathLike) -> list[str]:
+    """Non-empty lines of a name-list file (Adobe's fg/bg lists, train.txt / valid.txt), stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DCPError(f"no such name-list file: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

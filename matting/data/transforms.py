@@ -1,4 +1,5 @@
-"""Sample transforms of REFERENCE section 4 (numpy, HWC uint8 in, HWC out) and the model input.
+"""Sample transforms of the training data and the model input (numpy, HWC uint8 in, HWC out;
+the recipe: docs/method.md#training-stages).
 
 The public code's trimap bug is fixed here: ``cv2.dilate(alpha, kernel, iterations=n)`` really
 runs ``n`` iterations (the public code passed ``n`` as ``dst``, so one iteration only).
@@ -15,7 +16,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def model_input(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-    """(4, H, W) float32: ImageNet-normalised RGB + trimap / 255 (REFERENCE section 1).
+    """(4, H, W) float32: ImageNet-normalised RGB + trimap / 255 (docs/method.md#teacher).
 
     ``image`` is uint8 RGB (H, W, 3) or float in [0, 1]; ``trimap`` uint8 0/128/255 (H, W).
     """
@@ -107,7 +108,7 @@ def train_augment(arrays: dict[str, np.ndarray], rng: np.random.Generator, crop:
                   crop_scales: Sequence[float] = (1.0, 1.5, 2.0), flip: bool = True, jitter: float = 0.0,
                   trimap_kernel: tuple[int, int] = (1, 5), trimap_iterations: tuple[int, int] | None = None,
                   ) -> dict[str, np.ndarray]:
-    """The per-sample training pipeline of REFERENCE section 4 on uint8 arrays (image, alpha,
+    """The per-sample training pipeline (docs/method.md#training-stages) on uint8 arrays (image, alpha,
     trimap, optional fg/bg): crop around an unknown pixel at a random scale, resize to ``crop``,
     a new trimap from the crop's alpha, random flip, colour jitter of the image.
 

@@ -14,7 +14,7 @@ import yaml
 
 from passes.errors import DCPError
 
-# The paper's settings (REFERENCE section 3) are the defaults; CPU configs shrink them.
+# The paper's settings (docs/method.md#training-stages) are the defaults; CPU configs shrink them.
 COMMON: dict[str, Any] = {
     "epochs": 15, "batch_size": 1, "lr": 0.01, "weight_decay": 0.0, "grad_clamp": 5.0, "seed": 7,
     "schedule": "none",          # none | cosine | step

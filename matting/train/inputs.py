@@ -2,7 +2,7 @@
 
 A batch is a dict: ``image`` (B, 3, H, W) in [0, 1], ``trimap`` (B, 1, H, W) in {0, 0.5, 1},
 ``alpha`` (B, 1, H, W) in [0, 1]; optionally ``fg``/``bg`` (B, 3, H, W) for the compositional
-loss. The network sees ImageNet-normalised RGB plus the trimap (REFERENCE section 1).
+loss. The network sees ImageNet-normalised RGB plus the trimap (docs/method.md#teacher).
 
 >>> import torch
 >>> x = make_input(torch.zeros(1, 3, 4, 4), torch.full((1, 1, 4, 4), 0.5))

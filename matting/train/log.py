@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..data.io import write_bytes
+from ..atomic import write_bytes, write_figure
 
 
 class EpochLog:
@@ -51,7 +51,4 @@ class EpochLog:
         ax.set_yscale("log")
         ax.legend()
         ax.grid(alpha=0.3)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        write_bytes(self.folder / "loss.png", buf.getvalue())
+        write_figure(self.folder / "loss.png", fig, dpi=100, bbox_inches="tight")

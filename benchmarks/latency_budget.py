@@ -1,0 +1,171 @@
+"""Latency-budget compile: does the compact model hit the MEASURED target, what does the latency
+table cost to build (cold / cached), and how much importance does latency-driven selection keep
+compared with MAC-driven selection at EQUAL MEASURED latency?
+
+Untrained DIM (weight-L1 importance, per-group mean normalisation, max_ratio 0.9), input 320,
+round_to 8. Per (width, backend): the table is built in a fresh cache folder (cold), then again
+(cached); per target: ``fit_latency`` (the compile path) gives the latency-driven plan and its
+measured ratio; the MAC-driven plan is then searched so that its MEASURED latency equals the
+latency-driven one's (bisection on the predicted latency, then one measured correction), and
+the kept (normalised) importance of both is compared.
+
+    python benchmarks/latency_budget.py            # full: widths 1.0 0.25, torch-cpu + ort-cpu
+    python benchmarks/latency_budget.py --quick    # width 0.25, torch-cpu, target 0.5
+
+Writes ``benchmarks/results/latency_budget{,_quick}.{md,json}`` atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import matting
+from matting.data.io import write_text
+from compiler.latency_fit import fit_latency, latency_model, measure_models
+from passes import DCPError, analyse, build_groups, trace
+from passes.count import layer_axes
+from passes.importance import channel_scores
+from passes.rewrite import rewrite
+from passes.select import CostModel, normalize_scores, select_budget
+
+
+def kept_importance(norm: dict, keep: dict) -> float:
+    """Fraction of the total normalised importance that a plan keeps."""
+    total = sum(float(s.sum()) for s in norm.values())
+    return sum(float(norm[g][torch.as_tensor(k)].sum()) for g, k in keep.items()) / total
+
+
+def mac_plan_at_latency(choose, macs: CostModel, lat: CostModel, predicted: float) -> dict:
+    """The MAC-budget plan whose PREDICTED latency ratio is closest to ``predicted`` (bisection)."""
+    lo, hi, full_m, full_l = 0.01, 1.0, macs.total({}), lat.total({})
+    best = None
+    for _ in range(18):
+        mid = (lo + hi) / 2
+        keep = choose(macs, mid * full_m)
+        p = lat.total({g: len(k) for g, k in keep.items()}) / full_l
+        if best is None or abs(p - predicted) < abs(best[1] - predicted):
+            best = (keep, p, mid)
+        lo, hi = (mid, hi) if p < predicted else (lo, mid)
+    return best
+
+
+def run_case(width: float, backend: str, targets: list[float], size: int, round_to: int, repeats: int,
+             grid: int = 5) -> dict:
+    torch.manual_seed(0)
+    model = matting.dim(width=width).eval()
+    x = torch.zeros(1, 4, size, size)
+    gm = trace(model, x)
+    ctx = analyse(gm)
+    groups = build_groups(ctx)
+    layers = layer_axes(ctx, groups)
+    scores = channel_scores(gm, groups, "l1")
+    norm = normalize_scores(scores, "mean")
+    options = dict(round_to=round_to, max_ratio=0.9, normalize="mean")
+    choose = lambda cost, budget: select_budget(groups, scores, cost, budget, **options)  # noqa: E731
+    macs = CostModel.macs(layers, {g.id: g.size for g in groups})
+    case = {"width": width, "backend": backend, "targets": []}
+    with tempfile.TemporaryDirectory(prefix="dcp-latency-bench-") as cache:
+        for label in ("cold", "cached"):
+            start = time.perf_counter()
+            lat, _, stats = latency_model(gm, groups, layers, backend, round_to, grid_points=grid, cache=cache)
+            case[f"table_{label}_s"] = time.perf_counter() - start
+            case[f"table_{label}_timings"] = stats["measured"]
+        for target in targets:
+            try:
+                keep, rep = fit_latency(gm, ctx, groups, layers, x, target, choose, backend, round_to, cache=cache,
+                                        repeats=repeats, grid_points=grid)
+            except DCPError as e:  # e.g. out of reach at this size: a row that says so, not a lost run
+                case["targets"].append({"target": target, "error": str(e)})
+                print(f"width {width} {backend} target {target}: {e}", flush=True)
+                continue
+            mac_keep, _, _ = mac_plan_at_latency(choose, macs, lat, rep["predicted_ratio"])
+            ms = measure_models({"original": gm, "latency": rewrite(ctx, groups, keep)[0],
+                                 "macs": rewrite(ctx, groups, mac_keep)[0]}, x, backend, repeats)
+            # one measured correction: the MAC plan aimed at the latency plan's measured time
+            ratio_l, ratio_m = ms["latency"] / ms["original"], ms["macs"] / ms["original"]
+            mac_keep2, _, _ = mac_plan_at_latency(choose, macs, lat, rep["predicted_ratio"] * ratio_l / ratio_m)
+            ms2 = measure_models({"original": gm, "latency": rewrite(ctx, groups, keep)[0],
+                                  "macs": rewrite(ctx, groups, mac_keep2)[0]}, x, backend, repeats)
+            r_l2, r_m2 = ms2["latency"] / ms2["original"], ms2["macs"] / ms2["original"]
+            if abs(r_m2 - r_l2) < abs(ratio_m - ratio_l):
+                mac_keep, ratio_l, ratio_m = mac_keep2, r_l2, r_m2
+            imp_l, imp_m = kept_importance(norm, keep), kept_importance(norm, mac_keep)
+            case["targets"].append({
+                "target": target, "measured_ratio": rep["measured_ratio"], "rounds": len(rep["rounds"]),
+                "error_pct": 100 * (rep["measured_ratio"] - target) / target,
+                "compare_latency_ratio": ratio_l, "compare_mac_plan_ratio": ratio_m,
+                "kept_importance_latency": imp_l, "kept_importance_macs": imp_m, "importance_ratio": imp_l / imp_m,
+                "macs_latency_plan": sum(macs.layer(i, {g: len(k) for g, k in keep.items()})
+                                         for i in range(len(layers))) / macs.total({}),
+            })
+            t = case["targets"][-1]
+            print(f"width {width} {backend} target {target}: measured {t['measured_ratio']:.3f} "
+                  f"({t['error_pct']:+.1f} %), importance latency/MAC plan {t['importance_ratio']:.3f} "
+                  f"at measured {ratio_l:.3f} vs {ratio_m:.3f}", flush=True)
+    return case
+
+
+def markdown(cases: list[dict], command: str, seconds: float) -> str:
+    lines = ["# Latency-budget compile (untrained DIM, L1 importance, mean-normalised, round_to 8)", "",
+             f"Command: `{command}`; {seconds:.0f} s in all. Table build: cold (fresh cache) / cached.", "",
+             "| width | backend | target | measured ratio | error % | rounds | table cold s | table cached s "
+             "| measured latency: latency plan / MAC plan | kept importance: latency / MAC plan | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cases:
+        for t in c["targets"]:
+            if "error" in t:
+                lines.append(f"| {c['width']} | {c['backend']} | {t['target']} | {t['error']} | | | "
+                             f"{c['table_cold_s']:.1f} ({c['table_cold_timings']}) | {c['table_cached_s']:.2f} | | | |")
+                continue
+            lines.append(f"| {c['width']} | {c['backend']} | {t['target']} | {t['measured_ratio']:.3f} | "
+                         f"{t['error_pct']:+.1f} | {t['rounds']} | {c['table_cold_s']:.1f} ({c['table_cold_timings']}) | "
+                         f"{c['table_cached_s']:.2f} | {t['compare_latency_ratio']:.3f} / {t['compare_mac_plan_ratio']:.3f} | "
+                         f"{t['kept_importance_latency']:.3f} / {t['kept_importance_macs']:.3f} | "
+                         f"{t['importance_ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="width 0.25, torch-cpu, target 0.5 (checks the script)")
+    p.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.25])
+    p.add_argument("--backends", nargs="+", default=["torch-cpu", "ort-cpu"])
+    p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    p.add_argument("--size", type=int, default=320)
+    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--grid", type=int, default=5, help="latency table points per axis")
+    p.add_argument("--stem", default=None, help="results file name (default latency_budget[_quick])")
+    p.add_argument("--threads", type=int, default=None, help="torch/ORT intra-op threads (default: torch's)")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.widths, args.backends, args.targets = [0.25], ["torch-cpu"], [0.5]
+    start = time.time()
+    cases = [run_case(w, b, args.targets, args.size, args.round_to, args.repeats, args.grid)
+             for w in args.widths for b in args.backends]
+    stem = args.stem or ("latency_budget_quick" if args.quick else "latency_budget")
+    command = "python benchmarks/latency_budget.py" + (" --quick" if args.quick else "") + (
+        "" if args.quick else f" --widths {' '.join(map(str, args.widths))} --backends {' '.join(args.backends)} "
+                              f"--targets {' '.join(map(str, args.targets))} --size {args.size} --grid {args.grid}") + (
+        f" --threads {args.threads}" if args.threads else "")
+    md = markdown(cases, command, time.time() - start)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / f"{stem}.json", json.dumps({"cases": cases, "threads": torch.get_num_threads()}, indent=1))
+    write_text(out / f"{stem}.md", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DCPError as e:  # e.g. a CUDA backend without a GPU: one line, per backend in gpu.sh
+        raise SystemExit(f"latency_budget: {e}") from None
