@@ -4,6 +4,7 @@
 tensor through that op (with whatever it needs around it: pool indices for an unpool, a
 rank change for 1-d/3-d ops, a parameter for a functional conv) back to a 4-D tensor.
 ``draw(strategy)`` picks among variants, channel-moving ones included (they must freeze).
+Run an ``Op`` once eagerly before tracing it (``Op.to4`` learns its output rank then).
 """
 from __future__ import annotations
 
@@ -29,32 +30,35 @@ class Op(nn.Module):
     def forward(self, x):
         return self.fn(self, x)
 
+    def to4(self, y):
+        """Back to a 4-D value with channels on dim 1 (the next op's input). The rank is read
+        on the eager probe run (a traced value's rank is not a Python int)."""
+        if not isinstance(y, fx.Proxy):
+            self.tuple_out, y0 = isinstance(y, (tuple, list)), y[0] if isinstance(y, (tuple, list)) else y
+            self.rank = y0.dim()
+        if self.tuple_out:
+            y = y[0]
+        for _ in range(4 - self.rank):
+            y = y.unsqueeze(-1)
+        return y
+
 
 def _p(*shape, positive=False):
     return nn.Parameter(torch.rand(*shape) + 0.5 if positive else torch.randn(*shape) * 0.5)
 
 
-def _to4(y):
-    """Back to a 4-D value with channels on dim 1 (the next op's input)."""
-    if isinstance(y, (tuple, list)):
-        y = y[0]
-    while y.dim() < 4:
-        y = y.unsqueeze(-1)
-    return y
-
-
 def _pass(factory):
-    return lambda c, draw: Op(lambda s, x: _to4(s.m(x)), m=factory(c))
+    return lambda c, draw: Op(lambda s, x: s.to4(s.m(x)), m=factory(c))
 
 
 def _fn(fn):
-    return lambda c, draw: Op(lambda s, x: fn(x))
+    return lambda c, draw: Op(lambda s, x: s.to4(fn(x)))
 
 
 def _rank(c, draw, make, rank):
     """Apply a 1-d (rank 3) or 3-d (rank 5) module ``make(c)`` and come back to rank 4."""
     if rank == 3:
-        return Op(lambda s, x: _to4(s.m(x.flatten(2))), m=make(c))
+        return Op(lambda s, x: s.to4(s.m(x.flatten(2))), m=make(c))
     return Op(lambda s, x: s.m(x.unsqueeze(2)).mean(2), m=make(c))
 
 
@@ -83,27 +87,29 @@ def _conv(cls, rank):
     return build
 
 
-def _pool_unpool(pool, unpool, rank):
-    """max pool with indices then max unpool, in ``rank`` dims (functional or module forms)."""
+def _pool_unpool(pool_fn, unpool_fn, rank, **modules):
+    """max pool with indices then max unpool, in ``rank`` dims (functional or module forms):
+    ``pool(s, x)``, ``unpool(s, values, indices, size)``; ``modules`` become submodules."""
     def build(c, draw):
         def fn(s, x):
-            x = x.flatten(2) if rank == 3 else x.unsqueeze(2).expand(-1, -1, 2, -1, -1) if rank == 5 else x
-            v, i = pool(x)
-            y = unpool(v, i, x.shape[2:])
+            x = x.flatten(2) if rank == 3 else x.unsqueeze(2) if rank == 5 else x
+            v, i = pool_fn(s, x)
+            y = unpool_fn(s, v, i, x.shape[2:])
             return y.unsqueeze(-1) if rank == 3 else y.mean(2) if rank == 5 else y
-        return Op(fn)
+        return Op(fn, **{k: factory() for k, factory in modules.items()})
     return build
 
 
 def _mod_pool(pool_cls, unpool_cls, rank):
-    k = 2
-    pool, unpool = pool_cls(k, k, return_indices=True), unpool_cls(k, k)
-    return _pool_unpool(lambda x: pool(x), lambda v, i, size: unpool(v, i, output_size=size), rank)
+    k = (1, 2, 2) if rank == 5 else 2
+    return _pool_unpool(lambda s, x: s.pool(x), lambda s, v, i, size: s.unpool(v, i, output_size=size), rank,
+                        pool=lambda: pool_cls(k, k, return_indices=True), unpool=lambda: unpool_cls(k, k))
 
 
 def _fn_pool(pool_fn, unpool_fn, rank):
-    return _pool_unpool(lambda x: pool_fn(x, 2, 2, return_indices=True),
-                        lambda v, i, size: unpool_fn(v, i, 2, 2, output_size=size), rank)
+    k = (1, 2, 2) if rank == 5 else 2
+    return _pool_unpool(lambda s, x: pool_fn(x, k, k, return_indices=True),
+                        lambda s, v, i, size: unpool_fn(v, i, k, k, output_size=size), rank)
 
 
 def _elementwise(op):
@@ -127,7 +133,7 @@ def _elementwise(op):
 
 
 def _method(name, *args):
-    return lambda c, draw: Op(lambda s, x: _to4(getattr(x.clone() if name.endswith("_") else x, name)(*args)))
+    return lambda c, draw: Op(lambda s, x: s.to4(getattr(x.clone() if name.endswith("_") else x, name)(*args)))
 
 
 def _linear(functional):
@@ -136,9 +142,9 @@ def _linear(functional):
         cout, pooled = draw(st.integers(1, 5)), draw(st.booleans())
         if functional:
             w, b = (_p(cout, c), _p(cout)) if pooled else (_p(cout, 8), _p(cout))
-            return Op(lambda s, x: _to4(F.linear(x.mean((2, 3)) if pooled else x, s.w, s.b)), w=w, b=b)
+            return Op(lambda s, x: s.to4(F.linear(x.mean((2, 3)) if pooled else x, s.w, s.b)), w=w, b=b)
         m = nn.Linear(c if pooled else 8, cout)
-        return Op(lambda s, x: _to4(s.m(x.mean((2, 3)) if pooled else x)), m=m)
+        return Op(lambda s, x: s.to4(s.m(x.mean((2, 3)) if pooled else x)), m=m)
     return build
 
 
@@ -191,7 +197,7 @@ def _reduce(fn, method=False):
         dims = draw(st.sampled_from([(2, 3), (1,), (3,)]))
         keep = draw(st.booleans())
         f = (lambda x: getattr(x, fn)(dims, keepdim=keep)) if method else (lambda x: fn(x, dims, keepdim=keep))
-        return Op(lambda s, x: _to4(f(x)))
+        return Op(lambda s, x: s.to4(f(x)))
     return build
 
 
@@ -260,7 +266,7 @@ CATALOGUE = {
     nn.MaxUnpool1d: _mod_pool(nn.MaxPool1d, nn.MaxUnpool1d, 3),
     nn.MaxUnpool2d: _mod_pool(nn.MaxPool2d, nn.MaxUnpool2d, 4),
     nn.MaxUnpool3d: _mod_pool(nn.MaxPool3d, nn.MaxUnpool3d, 5),
-    nn.Flatten: lambda c, draw: Op(lambda s, x: _to4(s.m(x)), m=nn.Flatten(draw(st.sampled_from([1, 2])))),
+    nn.Flatten: lambda c, draw: Op(lambda s, x: s.to4(s.m(x)), m=nn.Flatten(draw(st.sampled_from([1, 2])))),
     "torchvision.ops.stochastic_depth.StochasticDepth": _torchvision_sd,
     "torchvision.ops.stochastic_depth.stochastic_depth": _torchvision_sd_fn,
     **{f: _fn(f) for f in (F.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.hardtanh,
@@ -284,16 +290,16 @@ CATALOGUE = {
     F.max_pool3d: _fn(lambda x: F.max_pool3d(x.unsqueeze(2), (1, 2, 2)).mean(2)),
     F.max_pool1d_with_indices: _fn_pool(F.max_pool1d, F.max_unpool1d, 3),
     F.max_pool2d_with_indices: _fn_pool(F.max_pool2d, F.max_unpool2d, 4),
-    F.max_pool3d_with_indices: _pool_unpool(lambda x: F.max_pool3d(x, (1, 2, 2), return_indices=True),
-                                            lambda v, i, size: F.max_unpool3d(v, i, (1, 2, 2), output_size=size), 5),
+    F.max_pool3d_with_indices: _fn_pool(F.max_pool3d, F.max_unpool3d, 5),
     F.max_unpool1d: _fn_pool(F.max_pool1d, F.max_unpool1d, 3),
     F.max_unpool2d: _fn_pool(F.max_pool2d, F.max_unpool2d, 4),
-    F.max_unpool3d: _pool_unpool(lambda x: F.max_pool3d(x, (1, 2, 2), return_indices=True),
-                                 lambda v, i, size: F.max_unpool3d(v, i, (1, 2, 2), output_size=size), 5),
+    F.max_unpool3d: _fn_pool(F.max_pool3d, F.max_unpool3d, 5),
     F.conv1d: _fconv(F.conv1d, False, 3), F.conv2d: _fconv(F.conv2d, False, 4), F.conv3d: _fconv(F.conv3d, False, 5),
     F.conv_transpose1d: _fconv(F.conv_transpose1d, True, 3), F.conv_transpose2d: _fconv(F.conv_transpose2d, True, 4),
     F.conv_transpose3d: _fconv(F.conv_transpose3d, True, 5),
     F.linear: _linear(True),
+    F.layer_norm: lambda c, draw: Op(lambda s, x, shape=draw(st.sampled_from([(8,), (8, 8), (c, 8, 8)])):
+                                     F.layer_norm(x, shape)),
     F.batch_norm: _fnorm("batch"), F.instance_norm: _fnorm("instance"), F.group_norm: _fnorm("group"),
     F.prelu: _fnorm("prelu"),
     **{op: _elementwise(op) for op in (operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
@@ -304,7 +310,7 @@ CATALOGUE = {
     torch.unsqueeze: _fn(lambda x: torch.unsqueeze(x, 2).mean(2)),
     getattr: _fn(lambda x: x * (x.shape[2] / 8)),
     len: _fn(lambda x: x * len(x)),
-    torch.flatten: _fn(lambda x: _to4(torch.flatten(x, 1))),
+    torch.flatten: _fn(lambda x: torch.flatten(x, 1)),
     torch.reshape: _shape_op([lambda s, x: torch.reshape(x, (x.shape[0], -1, 1, 1)),
                               lambda s, x: torch.reshape(x, (x.shape[0], 2, -1, 8))]),
     torch.permute: _shape_op([lambda s, x: torch.permute(x, (0, 1, 3, 2)), lambda s, x: torch.permute(x, (0, 2, 1, 3))]),
@@ -322,6 +328,6 @@ CATALOGUE = {
     "mean": _reduce("mean", True), "sum": _reduce("sum", True), "amax": _reduce("amax", True),
     "squeeze": _fn(lambda x: x.unsqueeze(2).squeeze(2)), "unsqueeze": _fn(lambda x: x.unsqueeze(2).mean(2)),
     "view": _shape_op(_RESHAPES), "reshape": _shape_op([lambda s, x: x.reshape(x.shape[0], -1, 1, 1)] + _RESHAPES[2:]),
-    "flatten": _fn(lambda x: _to4(x.flatten(1))), "permute": _shape_op(_PERMUTES), "transpose": _shape_op(_TRANSPOSES),
+    "flatten": _fn(lambda x: x.flatten(1)), "permute": _shape_op(_PERMUTES), "transpose": _shape_op(_TRANSPOSES),
     "split": _split(lambda x, n, d: x.split(n, d)), "chunk": _split(lambda x, n, d: x.chunk(n, d)),
 }

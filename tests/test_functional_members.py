@@ -10,6 +10,7 @@ from torch import nn
 import compiler
 import passes
 from exactness import prune
+from passes.verify import VERIFY_TOLERANCE
 
 TOL = 1e-12
 
@@ -65,9 +66,9 @@ def test_functional_batch_norm_weight_is_the_bn_score():
 
 def test_compile_reports_functional_layers_in_kept_and_macs():
     torch.manual_seed(0)
-    res = compiler.compile(FunctionalNet(), torch.zeros(1, 3, 8, 8), widths={"w1": 4, "w2": 3, "wt": 2, "w3": 3},
-                           check=False)
+    res = compiler.compile(FunctionalNet(), torch.zeros(1, 3, 8, 8), widths={"w1": 4, "w2": 3, "wt": 2, "w3": 3})
     assert {k: len(v) for k, v in res.kept.items() if k.startswith("w")} == {"w1": 4, "w2": 3, "wt": 2, "w3": 3}
+    assert res.report["verify"]["masked_rel"] <= VERIFY_TOLERANCE  # the compile's own float64 check
     assert 0 < res.report["macs_after"] < res.report["macs_before"]
 
 

@@ -10,11 +10,16 @@ from passes import registry
 from passes.slicers import slice_conv, slice_norm
 
 
-def test_every_row_has_a_reason_and_modules_with_members_have_slicers():
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
+            nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+            nn.GroupNorm, nn.PReLU)
+
+
+def test_every_row_has_a_reason_and_modules_with_weights_have_slicers():
     for key, entry in registry.known_ops().items():
         assert entry.reason and "\n" not in entry.reason, key
-        if entry.rule in (R.conv, R.linear, R.norm, R.prelu):
-            assert isinstance(key, type) and entry.slicer is not None, key
+    for cls in WEIGHTED:
+        assert registry.known_ops()[cls].slicer is not None, cls
 
 
 @pytest.mark.parametrize("cls", [nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -67,6 +72,23 @@ def test_a_leaf_subclass_without_own_computation_uses_its_bases_row():
     assert res.report["verify"]["masked_rel"] < 1e-5
 
 
+class MyBN(nn.BatchNorm2d):
+    pass
+
+
+class MyReLU(nn.ReLU):
+    pass
+
+
+def test_leaf_subclasses_of_norms_and_activations_use_their_bases_rows():
+    m = nn.Sequential(nn.Conv2d(3, 8, 1), MyBN(8), MyReLU(), nn.Conv2d(8, 2, 1)).eval()
+    with torch.no_grad():
+        m[1].weight.uniform_(0.1, 1), m[1].running_mean.normal_(), m[1].running_var.uniform_(0.5, 2)
+    res = compiler.compile(m, torch.zeros(1, 3, 8, 8), widths={"0": 3}, leaf_modules=(MyBN, MyReLU))
+    assert res.kept["1"].tolist() == res.kept["0"].tolist() and res.module.get_submodule("1").num_features == 3
+    assert registry.lookup_module(MyReLU()) is registry.lookup_module(nn.ReLU())
+
+
 @pytest.mark.parametrize("cls, method", [(OwnForwardConv, "forward"), (OwnConvForward, "_conv_forward")])
 def test_a_leaf_subclass_that_redefines_its_computation_freezes_with_a_reason(cls, method):
     m = nn.Sequential(cls(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
@@ -117,7 +139,7 @@ def checked_row():
 
 def test_without_rewrite_args_the_literal_breaks_the_compact_model(checked_row):
     checked_row(None)
-    with pytest.raises(RuntimeError, match="expected 6 channels"):
+    with pytest.raises(passes.DCPError, match="cannot run.*checked_channels"):
         compiler.compile(Checked().eval(), torch.zeros(1, 2, 4, 4), ratio=0.5)
 
 
