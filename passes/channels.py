@@ -259,7 +259,10 @@ def channel_groups(gm: fx.GraphModule) -> list[Group]:
 def build_groups(ctx: ChannelAnalysis) -> list[Group]:
     uf = ctx.ids
     root = uf.roots()  # id -> the identity of its channel (array lookups: no Python loop per id)
-    channels, gid, chan, bounds = _number_channels(root, _group_roots(ctx.allocations, root))
+    allocs = ctx.allocations
+    in_order = root[np.concatenate([np.arange(a.start, a.stop) for a in allocs])] if allocs else root[:0]
+    alloc_of = np.repeat(np.arange(len(allocs)), [len(a) for a in allocs])  # aligned with in_order
+    channels, gid, chan, bounds = _number_channels(in_order, _group_roots(alloc_of, in_order, len(uf)))
     gid_of_root, chan_of_root = np.full(len(uf), -1), np.full(len(uf), -1)
     gid_of_root[channels], chan_of_root[channels] = gid, chan
     by_group = channels[np.argsort(gid, kind="stable")]
@@ -279,25 +282,26 @@ def build_groups(ctx: ChannelAnalysis) -> list[Group]:
     return groups
 
 
-def _group_roots(allocations: list[range], root: np.ndarray) -> np.ndarray:
+def _group_roots(alloc_of: np.ndarray, roots: np.ndarray, n: int) -> np.ndarray:
     """Identities created together belong to one group (a producer keeps one index set): join the
-    allocations that share a channel, and label every channel root with its joined allocations."""
-    alloc_of = np.repeat(np.arange(len(allocations)), [len(a) for a in allocations])  # ids are allocated in order
-    by_root = np.argsort(root, kind="stable")
-    same = root[by_root[1:]] == root[by_root[:-1]]
+    allocations that share a channel; label every channel root (of ``n``) with its joined allocations.
+    ``roots[k]`` is the channel of the k-th allocated id, ``alloc_of[k]`` its allocation."""
+    by_root = np.argsort(roots, kind="stable")
+    same = roots[by_root[1:]] == roots[by_root[:-1]]
     pairs = np.unique(np.stack([alloc_of[by_root[:-1]][same], alloc_of[by_root[1:]][same]], 1), axis=0)
     joined = UnionFind()
-    joined.add(len(allocations))
+    joined.add(int(alloc_of.max()) + 1 if len(alloc_of) else 0)
     joined.union_all(pairs[:, 0].tolist(), pairs[:, 1].tolist())
-    group_root = np.empty(len(root), dtype=np.int64)
-    group_root[root] = joined.roots()[alloc_of]
+    group_root = np.full(n, -1, dtype=np.int64)
+    group_root[roots] = joined.roots()[alloc_of]
     return group_root
 
 
-def _number_channels(root: np.ndarray, group_root: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    """Channels (distinct roots) in order of first appearance, their group (groups numbered in order
-    of first appearance too), their index within the group, and each group's slice bounds."""
-    roots, first = np.unique(root, return_index=True)
+def _number_channels(in_order: np.ndarray, group_root: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """Channels (distinct roots of the allocated ids, in allocation order) in order of first
+    appearance, their group (groups numbered in order of first appearance too), their index
+    within the group, and each group's slice bounds."""
+    roots, first = np.unique(in_order, return_index=True)
     channels = roots[np.argsort(first, kind="stable")]
     tops, top_first, top_of_channel = np.unique(group_root[channels], return_index=True, return_inverse=True)
     number = np.empty(len(tops), dtype=np.int64)
