@@ -124,7 +124,23 @@ def _kept_copy(t: torch.Tensor, axis: Axis) -> torch.Tensor:
     return t
 
 
-class MaskedGraph(fx.Interpreter):
+def _as_float64(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.double() if value.is_floating_point() and value.dtype != torch.float64 else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_as_float64(v) for v in value)
+    return value
+
+
+class Float64Graph(fx.Interpreter):
+    """Runs a graph keeping every floating value in float64: a cast in the model (``x.float()``,
+    ``.half()``) would otherwise meet float64 weights; both sides of the check skip it alike."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        return _as_float64(super().run_node(n))
+
+
+class MaskedGraph(Float64Graph):
     """Runs a traced original with the dropped channels of every node's output zeroed.
 
     ``keep_map`` describes the plan; ``gm`` is its traced graph or a copy of it (node names
@@ -189,18 +205,18 @@ def max_error(a: Any, b: Any) -> tuple[float, float]:
     return abs_err, abs_err / max(scale, 1e-300)
 
 
-def _run_compact(compact: nn.Module, inputs: tuple) -> Any:
+def _run_compact(compact: fx.GraphModule, inputs: tuple) -> Any:
     try:
-        return compact(*inputs)
+        return Float64Graph(compact).run(*inputs)
     except Exception as e:  # name the node rather than show a generated-code stack
         raise DCPError(f"rewrite check failed: the compact model cannot run: {_failing_node(compact, inputs, e)} "
                        f"(a compiler bug; please report it)") from e
 
 
-def _failing_node(compact: nn.Module, inputs: tuple, error: Exception) -> str:
+def _failing_node(compact: fx.GraphModule, inputs: tuple, error: Exception) -> str:
     where = {}
 
-    class Locate(fx.Interpreter):
+    class Locate(Float64Graph):
         def run_node(self, n):
             where["node"] = n
             return super().run_node(n)
@@ -219,7 +235,7 @@ def _target(n: fx.Node) -> str:
 
 
 @torch.no_grad()
-def verify(compact: nn.Module, keep_map: KeepMap, inputs: Any, original_output: Any = None) -> VerifyResult:
+def verify(compact: fx.GraphModule, keep_map: KeepMap, inputs: Any, original_output: Any = None) -> VerifyResult:
     """Compare float64 copies of ``compact`` and of the masked original (``keep_map.ctx.gm``)
     on ``inputs``; the models themselves are not touched. ``original_output`` (the unmasked
     original's output, any dtype) saves one forward pass."""
@@ -228,7 +244,7 @@ def verify(compact: nn.Module, keep_map: KeepMap, inputs: Any, original_output: 
     out_masked = MaskedGraph(original, keep_map).run(*inputs)
     out_compact = _run_compact(float64_copy(compact), inputs)
     if original_output is None:
-        original_output = original(*inputs)
+        original_output = Float64Graph(original).run(*inputs)
     return VerifyResult(*max_error(out_compact, out_masked), *max_error(out_compact, original_output))
 
 
@@ -246,7 +262,7 @@ def first_divergence(compact: fx.GraphModule, keep_map: KeepMap, inputs: Any,
     class Diverged(Exception):
         pass
 
-    class Compare(fx.Interpreter):
+    class Compare(Float64Graph):
         def run_node(self, n):
             out = super().run_node(n)
             if n.name in reference.kept_outputs and _tensors(out):

@@ -90,8 +90,6 @@ def test_each_op_compiles_exactly_or_freezes(key, data, ratio):
     check(build(data.draw, [key]), ratio, [key])
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="the float64 check runs a model that casts "
-                   "to float32 and hits a dtype mismatch (passes/verify.py)")
 @pytest.mark.parametrize("cast", sorted(CASTS))
 def test_a_model_that_casts_compiles(cast):
     net = build(lambda strategy: 4, [cast])  # stem (4 channels) -> the cast -> head

@@ -181,3 +181,21 @@ def test_graph_constants_and_functional_ops_verify_exactly():
     res = compiler.compile(model, torch.randn(2, 3, 16, 16), ratio=0.5, importance="l1")
     assert res.module.get_submodule("conv").out_channels == 4
     assert res.report["verify"]["masked_rel"] <= VERIFY_TOLERANCE
+
+
+class _CastsToFloat32(torch.nn.Module):
+    """Mixed-precision style code: the model casts its own activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.b(self.a(x).to(torch.float32).float())
+
+
+def test_a_model_casting_to_float32_is_checked_in_float64():
+    m = _CastsToFloat32().eval()
+    res = compiler.compile(m, torch.randn(1, 3, 12, 12), widths={"a": 3}, importance="l1")
+    assert res.module.get_submodule("a").out_channels == 3
+    assert res.report["verify"]["masked_rel"] <= 1e-9
