@@ -104,8 +104,7 @@ class ChannelAnalysis:
             self.freeze(a, f"{node.name}: cannot tie {len(a)} and {len(b)} channels")
             self.freeze(b, f"{node.name}: cannot tie {len(a)} and {len(b)} channels")
             return False
-        for x, y in zip(a.tolist(), b.tolist()):
-            self.ids.union(x, y)
+        self.ids.union_all(a.tolist(), b.tolist())
         return True
 
     def freeze(self, space: Any, reason: str) -> None:
@@ -259,47 +258,61 @@ def channel_groups(gm: fx.GraphModule) -> list[Group]:
 
 def build_groups(ctx: ChannelAnalysis) -> list[Group]:
     uf = ctx.ids
-    # Identities created together belong to one group (a producer keeps one index set).
-    grouping = UnionFind()
-    grouping.add(len(uf))
-    for alloc in ctx.allocations:
-        roots = [uf.find(i) for i in alloc]
-        for r in roots[1:]:
-            grouping.union(roots[0], r)
-    group_of_root: dict[int, int] = {}
-    groups: list[Group] = []
-    channel_of_root: dict[int, int] = {}
-    roots_of_group: list[list[int]] = []
-    for alloc in ctx.allocations:
-        for i in alloc:
-            r = uf.find(i)
-            if r in channel_of_root:
-                continue
-            g = grouping.find(r)
-            if g not in group_of_root:
-                group_of_root[g] = len(groups)
-                groups.append(Group(id=len(groups), size=0))
-                roots_of_group.append([])
-            gid = group_of_root[g]
-            channel_of_root[r] = len(roots_of_group[gid])
-            roots_of_group[gid].append(r)
-    for gid, roots in enumerate(roots_of_group):
-        groups[gid].size = len(roots)
-        groups[gid].ids = np.array(roots, dtype=np.int64)
-    for i, reason in ctx.frozen.items():
-        g = groups[group_of_root[grouping.find(uf.find(i))]]
-        g.frozen = g.frozen or reason
+    root = uf.roots()  # id -> the identity of its channel (array lookups: no Python loop per id)
+    allocs = ctx.allocations
+    in_order = root[np.concatenate([np.arange(a.start, a.stop) for a in allocs])] if allocs else root[:0]
+    alloc_of = np.repeat(np.arange(len(allocs)), [len(a) for a in allocs])  # aligned with in_order
+    channels, gid, chan, bounds = _number_channels(in_order, _group_roots(alloc_of, in_order, len(uf)))
+    gid_of_root, chan_of_root = np.full(len(uf), -1), np.full(len(uf), -1)
+    gid_of_root[channels], chan_of_root[channels] = gid, chan
+    by_group = channels[np.argsort(gid, kind="stable")]
+    groups = [Group(id=g, size=e - s, ids=by_group[s:e]) for g, (s, e) in enumerate(zip(bounds, bounds[1:]))]
+    frozen_ids = np.fromiter(ctx.frozen, dtype=np.int64, count=len(ctx.frozen))
+    for g, reason in zip(gid_of_root[root[frozen_ids]].tolist(), ctx.frozen.values()):
+        groups[g].frozen = groups[g].frozen or reason
     for module, kind, ids, node, axis in ctx.member_records:
-        roots = np.array([uf.find(i) for i in ids.tolist()], dtype=np.int64)
-        gids = np.array([group_of_root[grouping.find(r)] for r in roots.tolist()], dtype=np.int64)
-        for gid in np.unique(gids).tolist():
-            pos = np.nonzero(gids == gid)[0]
-            chans = np.array([channel_of_root[r] for r in roots[pos].tolist()], dtype=np.int64)
-            groups[gid].members.append(Member(module, kind, pos, chans, node, axis))
+        r = root[ids]
+        gids = gid_of_root[r]
+        for g in np.unique(gids).tolist():
+            pos = np.nonzero(gids == g)[0]
+            groups[g].members.append(Member(module, kind, pos, chan_of_root[r[pos]], node, axis))
     for g in groups:
         if g.frozen is None and not any(m.kind == "producer" for m in g.members):
             g.frozen = "no producer layer (its channels come from the input or a constant)"
     return groups
+
+
+def _group_roots(alloc_of: np.ndarray, roots: np.ndarray, n: int) -> np.ndarray:
+    """Identities created together belong to one group (a producer keeps one index set): join the
+    allocations that share a channel; label every channel root (of ``n``) with its joined allocations.
+    ``roots[k]`` is the channel of the k-th allocated id, ``alloc_of[k]`` its allocation."""
+    by_root = np.argsort(roots, kind="stable")
+    same = roots[by_root[1:]] == roots[by_root[:-1]]
+    pairs = np.unique(np.stack([alloc_of[by_root[:-1]][same], alloc_of[by_root[1:]][same]], 1), axis=0)
+    joined = UnionFind()
+    joined.add(int(alloc_of.max()) + 1 if len(alloc_of) else 0)
+    joined.union_all(pairs[:, 0].tolist(), pairs[:, 1].tolist())
+    group_root = np.full(n, -1, dtype=np.int64)
+    group_root[roots] = joined.roots()[alloc_of]
+    return group_root
+
+
+def _number_channels(in_order: np.ndarray, group_root: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """Channels (distinct roots of the allocated ids, in allocation order) in order of first
+    appearance, their group (groups numbered in order of first appearance too), their index
+    within the group, and each group's slice bounds."""
+    roots, first = np.unique(in_order, return_index=True)
+    channels = roots[np.argsort(first, kind="stable")]
+    tops, top_first, top_of_channel = np.unique(group_root[channels], return_index=True, return_inverse=True)
+    number = np.empty(len(tops), dtype=np.int64)
+    number[np.argsort(top_first, kind="stable")] = np.arange(len(tops))
+    gid = number[top_of_channel]
+    sizes = np.bincount(gid, minlength=len(tops))
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    order = np.argsort(gid, kind="stable")
+    chan = np.empty(len(channels), dtype=np.int64)
+    chan[order] = np.arange(len(channels)) - np.repeat(bounds[:-1], sizes)
+    return channels, gid, chan, bounds.tolist()
 
 
 def group_index(ctx: ChannelAnalysis, groups: list[Group]) -> dict[int, tuple[int, int]]:
