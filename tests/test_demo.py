@@ -13,14 +13,20 @@ def test_fast_demo_writes_a_complete_report(tmp_path, dcp):
     for plot in ("widths", "gammas", "latency", "grid"):
         assert (demo / "plots" / f"{plot}.png").stat().st_size > 5000
     metrics = json.loads((demo / "metrics.json").read_text())
-    assert set(metrics) == {"teacher", "student", "MAC student"} and all(0 <= m["sad"] < 1e3 for m in metrics.values())
-    assert "| MAC student |" in report and "## Latency budget" in report
+    assert all(0 <= m["sad"] < 1e3 for m in metrics.values())
     plan = json.loads((demo / "compiled" / "plan.json").read_text())["report"]
-    # how far the latency student is pruned depends on timings (its target is the MAC student's measured latency)
-    assert plan["latency"]["backend"] == "torch-cpu" and plan["verify"]["masked_rel"] < 1e-5
-    assert 0 < plan["latency"]["target"] <= 1 and plan["latency"]["rounds"]
+    assert plan["verify"]["masked_rel"] < 1e-9 and "## Latency budget" in report
     mac_plan = json.loads((demo / "compiled_macs" / "plan.json").read_text())["report"]
-    assert mac_plan["macs_after"] <= 0.5 * mac_plan["macs_before"] and mac_plan["verify"]["masked_rel"] < 1e-5
+    assert mac_plan["macs_after"] <= 0.5 * mac_plan["macs_before"] and mac_plan["verify"]["masked_rel"] < 1e-9
+    # The latency student's target is the MAC student's MEASURED latency: whether this toy model
+    # (mostly fixed costs) can reach it depends on the machine; both outcomes must be reported.
+    if "latency" in plan:
+        assert set(metrics) == {"teacher", "student", "MAC student"} and "| MAC student |" in report
+        assert plan["latency"]["backend"] == "torch-cpu" and 0 < plan["latency"]["target"] <= 1
+        assert plan["latency"]["rounds"]
+    else:
+        assert set(metrics) == {"teacher", "student"} and "Not met on this machine: target_latency" in report
+        assert plan["macs_after"] == mac_plan["macs_after"]  # the student is the MAC-driven one
     assert (demo / "student.onnx").is_file() and (demo / "finetune" / "model" / "graph.json").is_file()
 
 
