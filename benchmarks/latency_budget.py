@@ -46,7 +46,11 @@ def mac_plan_at_latency(choose, macs: CostModel, lat: CostModel, predicted: floa
     best = None
     for _ in range(18):
         mid = (lo + hi) / 2
-        keep = choose(macs, mid * full_m)
+        try:
+            keep = choose(macs, mid * full_m)
+        except DCPError:  # below the narrowest plan's MACs (every group at its floor)
+            lo = mid
+            continue
         p = lat.total({g: len(k) for g, k in keep.items()}) / full_l
         if best is None or abs(p - predicted) < abs(best[1] - predicted):
             best = (keep, p, mid)

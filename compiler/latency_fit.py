@@ -102,7 +102,7 @@ def measure_models(models: Mapping[str, nn.Module], x: torch.Tensor, backend: st
 def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group], layers: Sequence[LayerAxes],
                 example: torch.Tensor, target: float, choose: Choose, backend: str = "torch-cpu",
                 round_to: int = 1, min_channels: int = 1, max_ratio: float = 0.9, grid_points: int = 5,
-                cache=None, rounds: int = 3, tolerance: float = 0.05, repeats: int = 5,
+                cache=None, rounds: int = 5, tolerance: float = 0.05, repeats: int = 5,
                 timer=None, measure=None) -> tuple[dict, dict]:
     """The keep plan whose compact model measures closest to ``target`` x the original's latency,
     and a report (tables, rounds, per-layer predicted vs measured). ``timer(module, x)`` and
