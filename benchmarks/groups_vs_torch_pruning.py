@@ -36,6 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import matting  # noqa: E402
 import passes  # noqa: E402
+from tests.random_shape_nets import ConvGRU  # noqa: E402  (Robust Video Matting's recurrent cell)
 from passes.channels import analyse, build_groups, group_index  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,19 +68,6 @@ def zoo() -> dict[str, tuple]:
     }
 
 
-class ConvGRU(nn.Module):
-    """Robust Video Matting's recurrent cell (model/decoder.py): ``split(self.channels, dim=1)``."""
-
-    def __init__(self, channels, kernel_size=3, padding=1):
-        super().__init__()
-        self.channels = channels
-        self.ih = nn.Sequential(nn.Conv2d(channels * 2, channels * 2, kernel_size, padding=padding), nn.Sigmoid())
-        self.hh = nn.Sequential(nn.Conv2d(channels * 2, channels, kernel_size, padding=padding), nn.Tanh())
-
-    def forward(self, x, h):
-        r, z = self.ih(torch.cat([x, h], dim=1)).split(self.channels, dim=1)
-        c = self.hh(torch.cat([x, r * h], dim=1))
-        return (1 - z) * h + z * c
 
 
 class ConvGRUNet(nn.Module):

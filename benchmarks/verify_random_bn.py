@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,18 +30,10 @@ from passes.rewrite import KeepMap, rewrite
 from passes.select import select
 from passes.verify import MaskedGraph, float64_copy, max_error
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from random_nets import trained_looking_bn as random_bn  # noqa: E402  (the BN statistics the tests use)
 
-def random_bn(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.01)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-    return model.eval()
+
 
 
 def float64_error(model: nn.Module, res, x: torch.Tensor, ratio: float, round_to: int) -> float:

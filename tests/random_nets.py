@@ -220,3 +220,16 @@ def _randomise(net: nn.Module, seed: int) -> None:
                 fill(m.scale, 0.5), fill(m.shift)
             elif isinstance(m, LayerScale):
                 fill(m.gamma, 0.1)
+
+def trained_looking_bn(model: nn.Module, seed: int) -> nn.Module:
+    """BN statistics like a trained teacher's: the ones that made the float32 check reject correct models."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) + 0.01)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+    return model.eval()

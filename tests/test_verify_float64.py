@@ -15,21 +15,9 @@ from passes.importance import channel_scores
 from passes.rewrite import KeepMap, rewrite
 from passes.select import select
 from passes.verify import VERIFY_TOLERANCE, first_divergence, verify
-from random_nets import random_nets
+from random_nets import random_nets, trained_looking_bn
 
 
-def trained_looking_bn(model: nn.Module, seed: int) -> nn.Module:
-    """BN statistics like a trained teacher's: the ones that made the float32 check reject correct models."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.01)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-    return model.eval()
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
