@@ -77,17 +77,26 @@ def equal_latency_mac_plan(choose, macs, lat, predicted, gm, ctx, groups, keep, 
 
 
 def run_case(width: float, backend: str, targets: list[float], size: int, round_to: int, repeats: int,
-             grid: int = 5) -> dict:
+             grid: int = 5, checkpoint: str | None = None) -> dict:
+    """One (model, backend): an untrained DIM of ``width`` scored by weight L1 (per-group mean
+    normalised), or a trained sparse ``checkpoint`` scored by its BN gammas (not normalised:
+    sparsity training already put them on one scale)."""
     torch.manual_seed(0)
-    model = matting.dim(width=width).eval()
+    if checkpoint:
+        from matting.checkpoint import load_dim
+        model = load_dim(checkpoint).eval()
+        width = f"{Path(checkpoint).name} (trained)"
+    else:
+        model = matting.dim(width=width).eval()
     x = torch.zeros(1, 4, size, size)
     gm = trace(model, x)
     ctx = analyse(gm)
     groups = build_groups(ctx)
     layers = layer_axes(ctx, groups)
-    scores = channel_scores(gm, groups, "l1")
-    norm = normalize_scores(scores, "mean")
-    options = dict(round_to=round_to, max_ratio=0.9, normalize="mean")
+    importance, normalize = ("bn", "none") if checkpoint else ("l1", "mean")
+    scores = channel_scores(gm, groups, importance)
+    norm = normalize_scores(scores, normalize)
+    options = dict(round_to=round_to, max_ratio=0.9, normalize=normalize)
     choose = lambda cost, budget: select_budget(groups, scores, cost, budget, **options)  # noqa: E731
     macs = CostModel.macs(layers, {g.id: g.size for g in groups})
     case = {"width": width, "backend": backend, "targets": []}
@@ -155,6 +164,9 @@ def main() -> None:
     p.add_argument("--grid", type=int, default=5, help="latency table points per axis")
     p.add_argument("--stem", default=None, help="results file name (default latency_budget[_quick])")
     p.add_argument("--threads", type=int, default=None, help="torch/ORT intra-op threads (default: torch's)")
+    p.add_argument("--checkpoint", default=None,
+                   help="a trained sparse DIM checkpoint (e.g. demo_out/prune/best.pt), scored by its BN gammas, "
+                        "instead of untrained DIMs of --widths")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     if args.threads:
@@ -162,14 +174,17 @@ def main() -> None:
     if args.quick:
         args.widths, args.backends, args.targets = [0.25], ["torch-cpu"], [0.5]
     start = time.time()
-    cases = [run_case(w, b, args.targets, args.size, args.round_to, args.repeats, args.grid)
-             for w in args.widths for b in args.backends]
+    widths = [None] if args.checkpoint else args.widths
+    cases = [run_case(w, b, args.targets, args.size, args.round_to, args.repeats, args.grid, args.checkpoint)
+             for w in widths for b in args.backends]
     stem = args.stem or ("latency_budget_quick" if args.quick else "latency_budget")
     command = "python benchmarks/latency_budget.py" + (" --quick" if args.quick else "") + (
-        "" if args.quick else f" --widths {' '.join(map(str, args.widths))} --backends {' '.join(args.backends)} "
+        "" if args.quick else (f" --widths {' '.join(map(str, args.widths))}" if not args.checkpoint else "") + f" --backends {' '.join(args.backends)} "
                               f"--targets {' '.join(map(str, args.targets))} --size {args.size} --grid {args.grid}") + (
-        f" --threads {args.threads}" if args.threads else "")
+        f" --threads {args.threads}" if args.threads else "") + (f" --checkpoint {args.checkpoint}" if args.checkpoint else "")
     md = markdown(cases, command, time.time() - start)
+    if args.checkpoint:  # the header names what was scored
+        md = md.replace("(untrained DIM, L1 importance, mean-normalised,", f"({args.checkpoint}, BN-gamma importance,")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / f"{stem}.json", json.dumps({"cases": cases, "threads": torch.get_num_threads()}, indent=1))
