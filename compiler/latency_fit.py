@@ -109,7 +109,11 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
     narrowest = cost.total(floors) * (1 + 1e-9)  # the tables' cheapest plan: every group at its floor
     for _ in range(rounds):
         budget = max(budget, narrowest)  # the measurement, not the tables, says if the target is out of reach
-        keep = choose(cost, budget)
+        try:
+            keep = choose(cost, budget)
+        except DCPError:  # the greedy cannot find a way down these tables: take their narrowest plan
+            keep = _narrowest_plan(cost, floors, choose)
+            budget = narrowest
         kept = {gid: len(k) for gid, k in keep.items()}
         predicted = cost.total(kept) / full
         compact, _ = rewrite(ctx, groups, keep)
@@ -134,6 +138,13 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
               "original_ms": ms["original"], "compact_ms": ms["compact"], "rounds": tried, "table": stats,
               "layers": _per_layer(cost, tables, keep, backend, timer, full, ms["original"])}
     return keep, report
+
+
+def _narrowest_plan(cost: CostModel, floors: Mapping[int, int], choose: Choose) -> dict:
+    """Every group at its floor, its best channels kept: the selection run on a cost that
+    falls strictly with every width (so the greedy always finds its way down)."""
+    widths = CostModel(cost.layers, lambda i, w_in, w_out: (w_in or 0.0) + w_out, cost.sizes)
+    return choose(widths, widths.total(floors) * (1 + 1e-9))
 
 
 def _corrected_budget(tried: list[dict], target: float, full: float) -> float:

@@ -253,8 +253,9 @@ def select_budget(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], c
     importance per unit of cost saved. Savings are re-evaluated from the cost model as widths
     change (a group's saving depends on its neighbours' widths: producer x consumer), only for
     the groups that share a layer with the one just narrowed. A move may look up to
-    ``lookahead`` blocks ahead, so a staircase cost (latency flat between kernel widths, as
-    measured tables show) is crossed rather than stalled on. Groups stop at
+    ``lookahead`` blocks ahead (the whole way down when no group saves within that), so a
+    staircase cost (latency flat between kernel widths, as measured tables show) is crossed
+    rather than stalled on. Groups stop at
     ``floor_width`` (``min_channels``, ``max_ratio``); ``widths`` fixes groups. Raises
     ``DCPError`` when even every group at its floor costs more than ``budget``.
 
@@ -280,9 +281,9 @@ def select_budget(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], c
                         if axis is not None for s, _ in axis.shares} for gid in ladders}
     total = cost.total(kept)
 
-    def best_move(gid):
+    def best_move(gid, reach=lookahead):
         ladder, now = ladders[gid], kept[gid]
-        lower = [w for w in ladder if w < now][:lookahead]
+        lower = [w for w in ladder if w < now][:reach]
         before = sum(cost.layer(i, kept) for i in cost.touching.get(gid, []))
         best = None
         for w in lower:
@@ -296,6 +297,9 @@ def select_budget(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], c
     moves = {gid: best_move(gid) for gid in ladders}
     while total > budget:
         live = [(m[0], gid) for gid, m in moves.items() if m is not None]
+        if not live:  # no saving within the lookahead (a measured cost need not fall monotonically): look further
+            moves = {gid: best_move(gid, reach=len(ladders[gid])) for gid in ladders}
+            live = [(m[0], gid) for gid, m in moves.items() if m is not None]
         if not live:
             raise DCPError(f"cannot reach the budget: every prunable group is at its floor (max_ratio "
                            f"{max_ratio}, min_channels {min_channels}) and the cost is still "

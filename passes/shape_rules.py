@@ -27,12 +27,7 @@ transposes, merges and splits of the box dims (the kept positions keep their row
 order). Literal sizes in ``view``/``reshape`` calls are rewritten to the compact box
 (``rewrite_view``); sizes computed in the graph (``x.size(1) // g``) follow by themselves.
 
-Split/chunk along the channel dim: each piece is a slice of the space, and the channels of
-each piece become groups of their own (so pruning keeps a channel in every piece).
-The compact call is ``split`` with the kept count of each piece (``rewrite_split``): a
-``chunk`` of pieces pruned to unequal sizes is no longer a chunk. (Tying the pieces would
-keep the chunk but couple unrelated channels: in ShuffleNet v2 the chunk after every
-shuffle would fold each stage onto a handful of channels.)
+Split/chunk along the channel dim: ``split_rules``.
 
 >>> import torch
 >>> from passes import trace, channel_groups
@@ -197,7 +192,7 @@ def reshape(ctx: ChannelAnalysis, node: fx.Node):
     full = np.broadcast_to(box.reshape(placed), shape_in[lo:hi]).reshape(shape_out[dims_out[0]: dims_out[-1] + 1])
     _state(ctx, "views")[node] = (dims_out[0], full)
     out, out_axis = _trim(full, dims_out[0])
-    why = _unfollowed_count(ctx, node, src, out, out_axis) if out.ndim == 1 else None
+    why = _unfollowed_count(ctx, node, src, out, out_axis)
     if why is not None:
         return freeze_node(ctx, node, f"{_why(node)} {why}")
     return record(ctx, node, out, out_axis, _box_flags(ctx, node, src, box, out, out_axis))
@@ -246,10 +241,26 @@ def _follows_channels(ctx, size, src: fx.Node) -> bool:
             and _channel_count_of(ctx, size.args[0], src))
 
 
+_SIZE_ARITHMETIC = {operator.mul, operator.floordiv, operator.add, operator.sub}
+
+
+def _independent_of_channels(ctx: ChannelAnalysis, size, depth: int = 0) -> bool:
+    """A size entry computed from literals and batch/spatial sizes only."""
+    if isinstance(size, int) or (isinstance(size, tuple) and size[1] != axis_of(ctx, size[0])):
+        return True
+    source = _size_source(size)
+    if source is not None:
+        return source[1] != axis_of(ctx, source[0]) or ctx.space(source[0]) is None
+    if isinstance(size, fx.Node) and size.target in _SIZE_ARITHMETIC and depth < 16:
+        return all(_independent_of_channels(ctx, a, depth + 1) for a in size.args)
+    return False
+
+
 def _unfollowed_count(ctx: ChannelAnalysis, node: fx.Node, src: fx.Node, out: np.ndarray, axis: int) -> str | None:
-    """Why the size a view/reshape call gives for its (1-D) channel dim would not follow the
-    pruning, or None. A count read from another tensor's channel dim ties the two spaces
-    (the counts are then equal by construction)."""
+    """Why the sizes a view/reshape call gives would not follow the pruning, or None. Dims
+    outside the channel box must not depend on a channel count; a 1-D box's count may be a
+    literal (rewritten), -1, or read from another tensor's channel dim -- that ties the two
+    spaces (the counts are then equal by construction)."""
     parsed = _sizes_of_call(node) if node.target in ("view", "reshape", torch.reshape) else None
     if parsed is None:
         return None
@@ -259,8 +270,13 @@ def _unfollowed_count(ctx: ChannelAnalysis, node: fx.Node, src: fx.Node, out: np
         if whole.target is getattr and whole.args[1] != "shape" or len(whole.args) != (2 if whole.target is getattr else 1):
             return f"takes its shape from {whole.name}"
         sizes = [(whole.args[0], k) for k in range(len(ctx.shape(node)))]
-    if axis >= len(sizes):
+    if axis + out.ndim > len(sizes):
         return f"gives no size for the channel dim {axis}"
+    for d, other in enumerate(sizes):
+        if not axis <= d < axis + out.ndim and not _independent_of_channels(ctx, other):
+            return f"computes the size of dim {d} from a channel count (it would not follow pruning)"
+    if out.ndim > 1:
+        return None  # box dims: see _box_flags
     size = sizes[axis]
     if isinstance(size, int):
         return None
@@ -357,88 +373,11 @@ def transpose(ctx: ChannelAnalysis, node: fx.Node):
     return _move(ctx, node, node.args[0], dims)
 
 
-# --- split / chunk ---------------------------------------------------------------------------
-def all_roots(ctx: ChannelAnalysis) -> np.ndarray:
-    """The root of every id (vectorised pointer jumping over the union-find's parents)."""
-    parent = np.asarray(ctx.ids.parent, dtype=np.int64)
-    while True:
-        up = parent[parent]
-        if np.array_equal(up, parent):
-            return parent
-        parent = up
-
-
-def separate_pieces(ctx: ChannelAnalysis, pieces: tuple) -> None:
-    """Refine the allocations so none mixes channels whose identities lie in different pieces
-    (or in a piece and in none): each piece's channels become groups of their own, so
-    pruning keeps at least one channel of every piece (an empty piece has no compact form)."""
-    roots = all_roots(ctx)
-    label = np.full(len(roots), -1, dtype=np.int64)  # -1: in no piece, -2: in several
-    for k, piece in enumerate(pieces):
-        r = roots[piece]
-        label[r] = np.where((label[r] == -1) | (label[r] == k), k, -2)
-    refined = []
-    for alloc in ctx.allocations:
-        lab = label[roots[alloc.start:alloc.stop]]
-        if (lab == lab[0]).all():
-            refined.append(alloc)
-            continue
-        cuts = [0, *(np.nonzero(lab[1:] != lab[:-1])[0] + 1).tolist(), len(lab)]
-        refined += [range(alloc.start + a, alloc.start + b) for a, b in zip(cuts, cuts[1:])]
-    ctx.allocations[:] = refined
-
-
-def split(ctx: ChannelAnalysis, node: fx.Node):
-    """split/chunk: along the channel dim each piece is a slice of the space (its channels
-    their own groups); along another dim every piece keeps the space."""
-    src = node.args[0]
-    space = ctx.space(src)
-    pieces = node.meta.get("tensor_meta")
-    if space is None:
-        return None
-    if not isinstance(space, np.ndarray) or not isinstance(pieces, (tuple, list)):
-        return freeze_node(ctx, node, f"{_why(node)} splits a value with several channel spaces")
-    rank = len(ctx.shape(src))
-    dim = _arg(node, 2, "dim", 0) % rank
-    axis = axis_of(ctx, src)
-    if not axis <= dim < axis + space.ndim:
-        return record(ctx, node, tuple(space for _ in pieces), axis)
-    if space.ndim > 1:  # the split dim carries the channels on
-        if not shrink_flags(ctx, src, space)[dim - axis]:
-            return freeze_node(ctx, node, f"{_why(node)} splits a channel dim that cannot shrink")
-        space = np.moveaxis(carry(ctx, space, dim - axis, node), dim - axis, 0)
-        space, axis = space.reshape(space.shape[0], -1)[:, 0].copy(), dim
-    sizes = [p.shape[dim] for p in pieces]
-    starts = np.cumsum([0] + sizes)
-    out = tuple(space[s:s + n] for s, n in zip(starts.tolist(), sizes))
-    separate_pieces(ctx, out)
-    _state(ctx, "splits")[node] = dim
-    return record(ctx, node, out, axis)
-
-
-def rewrite_split(node: fx.Node, keep_map):
-    """A channel split becomes ``split(x, [kept per piece], dim)`` (a chunk too)."""
-    dim = _state(keep_map.ctx, "splits").get(node)
-    if dim is None:
-        return None
-    pieces = keep_map.ctx.spaces[node]
-    counts = []
-    for i, piece in enumerate(pieces):
-        kept = keep_map.kept_positions(piece)
-        counts.append(len(piece) if kept is None else len(kept))
-        if counts[-1] == 0 and len(piece):
-            raise DCPError(f"{node.name}: the plan keeps no channel of split piece {i} (its channels are tied "
-                           f"to channels kept elsewhere); raise min_channels or prune less")
-    if counts == [len(p) for p in pieces]:
-        return None
-    target = "split" if node.op == "call_method" else torch.split
-    return (node.args[0], counts), {"dim": dim}, target
-
-
 # --- the registry rows ---------------------------------------------------------------------------
 def _register() -> None:
     from torch import nn
     from .registry import register_op
+    from .split_rules import rewrite_split, split
     for rule in (reshape, permute, transpose, split):
         rule.axis_aware = True  # they read ctx.channel_axis themselves
     rows = [
@@ -454,46 +393,6 @@ def _register() -> None:
     for keys, rule, rewrite_args, reason in rows:
         for key in keys:
             register_op(key, rule, rewrite_args=rewrite_args, reason=reason)
-
-
-
-# --- verification: where each node's dropped channels are ------------------------------------------
-def dropped_masks(keep_map, node: fx.Node):
-    """``(axis, mask)`` -- or a tuple of them for a tuple output, or None when nothing is
-    dropped -- saying which positions of ``node``'s output lose their channel: ``mask`` is a
-    boolean array over the dims ``axis .. axis + mask.ndim - 1`` (the space's box); the masked
-    original zeroes the output where the mask, broadcast over the other dims, is True.
-
-    >>> import torch
-    >>> from passes import trace, analyse, build_groups
-    >>> from passes.rewrite import KeepMap
-    >>> m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 1))
-    >>> ctx = analyse(trace(m, torch.zeros(1, 1, 2, 2))); groups = build_groups(ctx)
-    >>> axis, mask = dropped_masks(KeepMap(ctx, groups, {1: [0, 2]}), list(ctx.gm.graph.nodes)[2])
-    >>> axis, mask.astype(int).tolist()
-    (1, [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1])
-    """
-    ctx = keep_map.ctx
-    axis = axis_of(ctx, node)
-    find, dropped = ctx.ids.find, keep_map.dropped
-
-    def one(space):
-        if isinstance(space, np.ndarray):
-            mask = np.array([find(i) in dropped for i in space.ravel().tolist()], dtype=bool).reshape(space.shape)
-            return (axis, mask) if mask.any() else None
-        if isinstance(space, (tuple, list)):
-            parts = tuple(one(s) for s in space)
-            return parts if any(p is not None for p in parts) else None
-        return None
-    return one(ctx.spaces.get(node))
-
-
-def zero_dropped(t: torch.Tensor, axis: int, mask: np.ndarray) -> torch.Tensor:
-    """``t`` with the positions ``mask`` marks (on dims ``axis..``) set to zero."""
-    shape = [1] * t.dim()
-    shape[axis: axis + mask.ndim] = mask.shape
-    keep = torch.as_tensor(~mask, device=t.device).reshape(shape)
-    return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
 
 
 _register()

@@ -225,13 +225,9 @@ def symbolic_trace(model: torch.nn.Module, leaf_modules: Iterable[type] = ()) ->
             f"cannot trace {type(model).__name__}{where}: {type(e).__name__}: {str(e).splitlines()[0]} "
             f"-- data-dependent control flow or untraceable calls must live in a leaf module: "
             f"pass leaf_modules=(ThatModule,) so it is kept as one opaque call") from e
-    return _GraphModule(tracer.root, graph, model.__class__.__name__)
-
-
-try:  # generates forward()'s Python code on first use, not at construction (most traces never run it)
-    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
-except ImportError:  # a torch without it: the eager GraphModule, slower to build, same behaviour
-    _GraphModule = fx.GraphModule
+    # not torch's _LazyGraphModule (its code is written on first use, 4 ms less on a mobile net):
+    # its forward(*args, **kwargs) signature breaks torch.export's dynamic_shapes matching
+    return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
 
 
 class _Tracer(fx.Tracer):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import fx, nn
 
-from passes.shape_rules import dropped_masks, zero_dropped
+from passes.channels_last import dropped_masks, zero_dropped
 
 
 # --- the patterns ---------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ def test_fast_demo_writes_a_complete_report(tmp_path, dcp):
     assert set(metrics) == {"teacher", "student", "MAC student"} and all(0 <= m["sad"] < 1e3 for m in metrics.values())
     assert "| MAC student |" in report and "## Latency budget" in report
     plan = json.loads((demo / "compiled" / "plan.json").read_text())["report"]
+    # how far the latency student is pruned depends on timings (its target is the MAC student's measured latency)
     assert plan["latency"]["backend"] == "torch-cpu" and plan["verify"]["masked_rel"] < 1e-5
-    assert plan["macs_after"] < plan["macs_before"]
+    assert 0 < plan["latency"]["target"] <= 1 and plan["latency"]["rounds"]
     mac_plan = json.loads((demo / "compiled_macs" / "plan.json").read_text())["report"]
     assert mac_plan["macs_after"] <= 0.5 * mac_plan["macs_before"] and mac_plan["verify"]["masked_rel"] < 1e-5
     assert (demo / "student.onnx").is_file() and (demo / "finetune" / "model" / "graph.json").is_file()

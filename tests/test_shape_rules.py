@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 import compiler
@@ -192,6 +192,16 @@ def test_convnext_block_prunes_the_hidden_linear_and_freezes_the_normalised_chan
     assert trunk.frozen and "normalises across channels" in trunk.frozen and trunk.frozen.startswith("_1_norm:")
 
 
+def test_channels_last_blocks_compile_through_the_public_api():
+    torch.manual_seed(6)
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ConvNeXtBlock(8), ConvNeXtBlock(8, norm=False),
+                                       nn.Conv2d(8, 2, 1)))
+    res = compiler.compile(model, torch.randn(1, 3, 8, 8), widths={"1.pwconv1": 12, "2.pwconv1": 20})
+    assert res.report["verify"]["masked_rel"] < 1e-9
+    assert len(res.kept["1.pwconv1"]) == 12 and "0" not in res.kept  # the LayerNorm'ed trunk is frozen
+    assert res.module.get_submodule("2.pwconv1").out_features == 20
+
+
 def test_channels_last_mlp_without_norm_prunes_the_channels_too():
     torch.manual_seed(7)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ConvNeXtBlock(8, norm=False), nn.Conv2d(8, 2, 1)).eval()
@@ -286,7 +296,7 @@ def test_merging_channels_into_the_batch_freezes_naming_the_node():
 
 # --- random graphs --------------------------------------------------------------------------------
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(random_shape_nets(), st_ratio := __import__("hypothesis").strategies.floats(0.1, 0.8))
+@given(random_shape_nets(), st.floats(0.1, 0.8))
 def test_random_shape_nets_are_exact(net, ratio):
     model, x = net
     ctx, groups, keep, compact, kept, err = prune(model, x, ratio=ratio)

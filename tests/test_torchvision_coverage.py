@@ -197,6 +197,8 @@ def test_convnext_hidden_linears_prune_and_layernormed_channels_freeze():
     compact, kept = rewrite(ctx, groups, keep)
     assert masked_error(compact, KeepMap(ctx, groups, keep), (x,)) < 1e-9
     assert compact.get_submodule("features.1.0.block.3").out_features < 384
+    res = compiler.compile(model, x, ratio=0.5, importance="l1")  # the public path, its own float64 check
+    assert res.report["verify"]["masked_rel"] < 1e-9 and len(res.kept["features.1.0.block.3"]) < 384
 
 
 @slow

@@ -47,3 +47,12 @@ def test_untraceable_model_error_names_the_module_and_the_workaround():
 def test_tensor_or_tuple_example_inputs():
     m = nn.Conv2d(3, 4, 3)
     assert passes.count(m, torch.zeros(1, 3, 8, 8)) == passes.count(m, (torch.zeros(1, 3, 8, 8),))
+
+
+def test_traced_module_keeps_the_models_forward_signature():
+    # torch.export matches dynamic_shapes to forward()'s parameters (a lazily compiled
+    # GraphModule has forward(*args, **kwargs) and fails there)
+    import inspect
+
+    gm = passes.trace(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.zeros(1, 3, 8, 8))
+    assert list(inspect.signature(gm.forward).parameters) == ["input"]
