@@ -236,6 +236,12 @@ def _freeze_channel_counts_used_as_values(ctx: ChannelAnalysis) -> None:
 def _freeze_unclaimed_parameter_uses(ctx: ChannelAnalysis) -> None:
     """A sliced parameter changes EVERY read of it: if any read is not one a rule proved
     (e.g. ``self.w.sum()`` next to ``F.conv2d(x, self.w)``), its channels freeze."""
+    for target, dims in ctx.params.items():  # a layer called as a module AND read as a parameter
+        owner = target.rpartition(".")[0]
+        if owner in ctx.modules:
+            for ids in [*dims.values(), ctx.modules[owner].in_ids, ctx.modules[owner].out_ids]:
+                if ids is not None:
+                    ctx.freeze(ids, f"'{target}' is read directly and through its module '{owner}'")
     attrs = [n for n in ctx.gm.graph.nodes if n.op == "get_attr" and n.target in ctx.params]
     for attr in attrs:
         todo, seen = [attr], set()

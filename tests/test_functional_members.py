@@ -278,3 +278,17 @@ def test_the_float64_reference_catches_a_wrong_slice():
         assert prune(m, torch.zeros(1, 3, 8, 8)).masked_rel > 1e-3 > right.masked_rel
     finally:
         exactness.rewrite = original
+
+
+def test_a_layer_used_as_module_and_as_parameter_freezes():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 1, 1)
+
+        def forward(self, x):
+            return self.head(self.conv(x) + F.conv2d(x, self.conv.weight))
+
+    groups = passes.channel_groups(passes.trace(Shared(), torch.zeros(1, 3, 4, 4)))
+    g = next(g for g in groups if "conv" in g.names("producer"))
+    assert not g.prunable and "read directly and through its module 'conv'" in g.frozen
