@@ -175,44 +175,6 @@ def getitem_any_axis(ctx: ChannelAnalysis, node: fx.Node):
 
 
 # --- verification: where each node's dropped channels are ------------------------------------------
-def dropped_masks(keep_map, node: fx.Node):
-    """``(axis, mask)`` -- or a tuple of them for a tuple output, or None when nothing is
-    dropped -- saying which positions of ``node``'s output lose their channel: ``mask`` is a
-    boolean array over the dims ``axis .. axis + mask.ndim - 1`` (the space's box); the masked
-    original zeroes the output where the mask, broadcast over the other dims, is True.
-
-    >>> import torch
-    >>> from passes import trace, analyse, build_groups
-    >>> from passes.rewrite import KeepMap
-    >>> m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 1))
-    >>> ctx = analyse(trace(m, torch.zeros(1, 1, 2, 2))); groups = build_groups(ctx)
-    >>> axis, mask = dropped_masks(KeepMap(ctx, groups, {1: [0, 2]}), list(ctx.gm.graph.nodes)[2])
-    >>> axis, mask.astype(int).tolist()
-    (1, [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1])
-    """
-    ctx = keep_map.ctx
-    axis = axis_of(ctx, node)
-    find, dropped = ctx.ids.find, keep_map.dropped
-
-    def one(space):
-        if isinstance(space, np.ndarray):
-            mask = np.array([find(i) in dropped for i in space.ravel().tolist()], dtype=bool).reshape(space.shape)
-            return (axis, mask) if mask.any() else None
-        if isinstance(space, (tuple, list)):
-            parts = tuple(one(s) for s in space)
-            return parts if any(p is not None for p in parts) else None
-        return None
-    return one(ctx.spaces.get(node))
-
-
-def zero_dropped(t: torch.Tensor, axis: int, mask: np.ndarray) -> torch.Tensor:
-    """``t`` with the positions ``mask`` marks (on dims ``axis..``) set to zero."""
-    shape = [1] * t.dim()
-    shape[axis: axis + mask.ndim] = mask.shape
-    keep = torch.as_tensor(~mask, device=t.device).reshape(shape)
-    return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
-
-
 for _rule in (linear_any_axis, layer_norm_module_any_axis, layer_norm_function, getitem_any_axis):
     aware(_rule)
 

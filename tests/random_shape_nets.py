@@ -9,14 +9,13 @@ and ``split((c, c), 1)``), a ResNeXt bottleneck (grouped 3x3), ShuffleNet v1 uni
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
-from torch import fx, nn
+from torch import nn
 
-from passes.channels_last import dropped_masks, zero_dropped
+from passes.verify import verify
 
 
 # --- the patterns ---------------------------------------------------------------------------------
@@ -189,39 +188,10 @@ class Classifier(nn.Module):
 
 
 # --- float64 masked reference -------------------------------------------------------------------
-class Masked(fx.Interpreter):
-    """Runs the traced original with every node's dropped channels zeroed WHERE THEY ARE
-    (``dropped_masks``: any channel dim, boxes of channel dims included)."""
-
-    def __init__(self, gm: fx.GraphModule, keep_map):
-        super().__init__(gm)
-        self.masks = {n.name: dropped_masks(keep_map, n) for n in keep_map.ctx.gm.graph.nodes}
-
-    def run_node(self, n):
-        return _apply(super().run_node(n), self.masks.get(n.name))
-
-
-def _apply(value, masks):
-    if masks is None:
-        return value
-    if isinstance(masks, tuple) and masks and isinstance(masks[0], int):
-        axis, mask = masks
-        return zero_dropped(value, axis, mask) if value.is_floating_point() else value
-    return type(value)(_apply(v, m) for v, m in zip(value, masks))
-
-
-def float64(module: nn.Module) -> nn.Module:
-    return copy.deepcopy(module).double().eval()
-
-
 def masked_error(compact: nn.Module, keep_map, inputs: tuple) -> float:
-    """max |compact - masked original| / max |masked original|, float64."""
-    inputs = tuple(t.double() for t in inputs)
-    with torch.no_grad():
-        want = Masked(float64(keep_map.ctx.gm), keep_map).run(*inputs)
-        got = float64(compact)(*inputs)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-300))
+    """max |compact - masked original| / max |masked original|, float64 (``passes.verify``:
+    dropped channels zeroed wherever they lie, boxes of channel dims included)."""
+    return verify(compact, keep_map, inputs).masked_rel
 
 
 def randomize_bn(model: nn.Module, gen: torch.Generator | None = None) -> nn.Module:
