@@ -142,6 +142,11 @@ def elapsed_ms(fn: Callable[[], object], loops: int, cuda: bool) -> float:
     return (time.perf_counter() - t) * 1e3 / loops
 
 
+def confirmed(samples: Sequence[float], agree: float) -> bool:
+    """The fastest sample is trusted once a second one lies within ``agree`` of it."""
+    return len(samples) > 1 and sorted(samples)[1] <= (1 + agree) * min(samples)
+
+
 def time_fn(fn: Callable[[], object], cuda: bool, repeats: int = 3, agree: float = 0.15) -> float:
     """Milliseconds of one call: the fastest of at least ``repeats`` samples after a warm-up
     (other processes only ever add time, so the minimum is the least disturbed estimate). More
@@ -154,7 +159,7 @@ def time_fn(fn: Callable[[], object], cuda: bool, repeats: int = 3, agree: float
     if loops > 1:  # too fast to time one call: loop it, and drop the single-call probe
         samples = []
     samples += [elapsed_ms(fn, loops, cuda) for _ in range(max(repeats - len(samples), 2 - len(samples)))]
-    while len(samples) < 3 * repeats and sorted(samples)[1] > (1 + agree) * min(samples):
+    while len(samples) < 3 * repeats and not confirmed(samples, agree):
         samples.append(elapsed_ms(fn, loops, cuda))
     return min(samples)
 

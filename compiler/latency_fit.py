@@ -27,7 +27,7 @@ from passes.errors import DCPError
 from passes.rewrite import rewrite
 from passes.select import CostModel, floor_width
 
-from .latency import (ORT_PROVIDER, is_cuda, elapsed_ms, torch_fn, check_backend, grid, measure_tables, ort_session_fn,
+from .latency import (ORT_PROVIDER, is_cuda, confirmed, elapsed_ms, torch_fn, check_backend, grid, measure_tables, ort_session_fn,
                       runner, time_fn, unit_spec)
 
 Choose = Callable[[CostModel, float], dict]  # (cost model, budget) -> keep plan
@@ -90,9 +90,7 @@ def measure_models(models: Mapping[str, nn.Module], x: torch.Tensor, backend: st
         # model can be disturbed while the other's are not, and a correction round or an
         # "out of reach" verdict would then follow noise (as in time_fn, up to 3x the runs)
         for _ in range(2 * repeats):
-            unconfirmed = [k for k, v in runs.items() if sorted(v)[1] > (1 + agree) * min(v)] \
-                if repeats > 1 else []
-            if not unconfirmed:
+            if repeats < 2 or all(confirmed(v, agree) for v in runs.values()):
                 break
             for k in fns:  # still round-robin: load hits all models alike
                 runs[k].append(elapsed_ms(fns[k], 1, cuda))

@@ -11,6 +11,8 @@ weights, biases and statistics sliced exactly; node and module names are unchang
 """
 from __future__ import annotations
 
+from operator import attrgetter
+
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -65,7 +67,7 @@ def rewrite(ctx: ChannelAnalysis, groups: Sequence[Group], keep: Mapping[int, Se
             kept[name] = torch.as_tensor(keep_out, dtype=torch.long)
     params = _sliced_params(ctx, keep_map, kept)
     replaced = {**modules, **params}
-    root = {n.target: replaced[n.target] if n.target in replaced else _fetch(gm, n.target)
+    root = {n.target: replaced[n.target] if n.target in replaced else attrgetter(n.target)(gm)
             for n in gm.graph.nodes if n.op in ("call_module", "get_attr")}
     graph = fx.Graph()
     copies: dict[fx.Node, fx.Node] = {}
@@ -84,7 +86,7 @@ def _sliced_params(ctx: ChannelAnalysis, keep_map: KeepMap, kept: dict) -> dict[
         keeps = {dim: keep_map.kept_positions(ids) for dim, ids in dims.items()}
         if all(k is None for k in keeps.values()):
             continue
-        original = _fetch(ctx.gm, target)
+        original = attrgetter(target)(ctx.gm)
         t = original
         for dim, k in keeps.items():
             t = take(t, k, dim)
@@ -94,12 +96,6 @@ def _sliced_params(ctx: ChannelAnalysis, keep_map: KeepMap, kept: dict) -> dict[
             kept[target] = torch.as_tensor(k_out, dtype=torch.long)
     return out
 
-
-def _fetch(gm: fx.GraphModule, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _rewrite_args(gm: fx.GraphModule, keep_map: KeepMap, copies: Mapping[fx.Node, fx.Node]) -> None:

@@ -14,6 +14,8 @@ depends on tensor values falls back to one real forward): every node gets
 """
 from __future__ import annotations
 
+from operator import attrgetter
+
 from typing import Any, Iterable
 
 import torch
@@ -112,7 +114,7 @@ def propagate_on_meta(gm: fx.GraphModule, inputs: tuple) -> None:
                 if node.op == "placeholder":
                     value = _placeholder(node, args, pending)
                 elif node.op == "get_attr":
-                    value = _attr(gm, node.target)
+                    value = attrgetter(node.target)(gm)
                     value = _to_meta(value) if isinstance(value, torch.Tensor) else value
                 elif node.op == "call_module":
                     value = _call_module(gm, node.target, args, kwargs, states)
@@ -141,12 +143,6 @@ def _placeholder(node: fx.Node, args: tuple, pending) -> Any:
 
 _MISSING = object()
 
-
-def _attr(gm: fx.GraphModule, target: str) -> Any:
-    value = gm
-    for atom in target.split("."):
-        value = getattr(value, atom)
-    return value
 
 
 def _call_module(gm: fx.GraphModule, target: str, args: tuple, kwargs: dict, states: dict) -> Any:
