@@ -12,9 +12,9 @@ widths, as in HALP). The model's latency is predicted as the original's measured
 additions, memory traffic between layers) is corrected by measuring the compact model
 (``compiler.latency_fit``).
 
-Timings are cached on disk (``DCP_CACHE_DIR`` or ``~/.cache/dcp``, ``latency/`` below it), one
-file per unit signature (backend, device name, library versions, threads, layer, input shape,
-followers), so a second compile of the same model re-times nothing.
+This module runs things (backends, clocks) and describes units; ``compiler.latency_tables``
+times units into tables, guarded against a disturbed clock, and caches them on disk
+(``DCP_CACHE_DIR`` or ``~/.cache/dcp``), so a second compile of the same model re-times nothing.
 
 >>> check_backend("torch-cpu")
 'torch-cpu'
@@ -22,20 +22,12 @@ followers), so a second compile of the same model re-times nothing.
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
 import io
-import json
-import os
-import platform
-import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import fx, nn
 import torch.nn.functional as F
@@ -284,137 +276,3 @@ def _followers(gm: fx.GraphModule, node: fx.Node) -> list:
             break
         node = user
     return out
-
-
-# ----------------------------------------------------------------------------- cache
-def cache_dir(path=None) -> Path:
-    base = Path(path or os.environ.get("DCP_CACHE_DIR") or Path.home() / ".cache" / "dcp")
-    return base / "latency"
-
-
-@functools.lru_cache(maxsize=None)
-def device_name(backend: str) -> str:
-    if is_cuda(backend):
-        return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment_key(backend: str) -> dict:
-    versions = {"torch": torch.__version__, "python": platform.python_version()}
-    if backend in ORT_PROVIDER:
-        import onnxruntime
-        versions["onnxruntime"] = onnxruntime.__version__
-    if is_cuda(backend):
-        versions["cuda"] = torch.version.cuda or ""
-        versions["cudnn"] = str(torch.backends.cudnn.version())
-    return {"backend": backend, "device": device_name(backend), "threads": torch.get_num_threads(), **versions}
-
-
-class TimingCache:
-    """``{(w_in, w_out): ms}`` per unit signature, one JSON file each, written atomically."""
-
-    def __init__(self, folder: Path, backend: str):
-        self.folder, self.env = folder, environment_key(backend)
-
-    def _path(self, spec: UnitSpec) -> Path:
-        key = json.dumps({**self.env, **spec.signature()}, sort_keys=True)
-        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
-
-    def load(self, spec: UnitSpec) -> dict[tuple[int, int], float]:
-        try:
-            data = json.loads(self._path(spec).read_text())
-            return {tuple(map(int, k.split(","))): float(v) for k, v in data["ms"].items()}
-        except (OSError, ValueError, KeyError):
-            return {}
-
-    def store(self, spec: UnitSpec, ms: dict[tuple[int, int], float]) -> None:
-        from matting.atomic import write_text
-        write_text(self._path(spec), json.dumps({"env": self.env, "unit": spec.signature(),
-                                                 "ms": {f"{a},{b}": v for (a, b), v in sorted(ms.items())}}))
-
-
-def progress(total: int, desc: str):
-    """tqdm when installed, else a one-line counter on stderr."""
-    try:
-        from tqdm import tqdm
-        return tqdm(total=total, desc=desc, leave=False)
-    except ImportError:
-        return _Counter(total, desc)
-
-
-class _Counter:
-    def __init__(self, total, desc):
-        self.n, self.total, self.desc = 0, total, desc
-
-    def update(self, k=1):
-        self.n += k
-        if sys.stderr.isatty() or self.n == self.total:
-            print(f"\r{self.desc}: {self.n}/{self.total}", end="\n" if self.n == self.total else "",
-                  file=sys.stderr, flush=True)
-
-    def close(self):
-        pass
-
-
-# ----------------------------------------------------------------------------- tables
-def grid(lo: float, size: int, points: int, round_to: int) -> list[int]:
-    """Up to ``points`` widths from ``lo`` to ``size``, evenly spaced, snapped to ``round_to``.
-
-    >>> grid(8, 64, 5, 8)
-    [8, 24, 32, 48, 64]
-    """
-    lo = max(1, min(size, int(np.ceil(lo))))
-    raw = np.linspace(lo, size, points) if points > 1 else np.array([size])
-    snapped = {size, *(min(size, max(lo, int(round(v / round_to)) * round_to)) for v in raw)}
-    return sorted(w for w in snapped if w >= 1)
-
-
-@dataclass
-class Table:
-    """Measured milliseconds of one unit on an (input width x output width) grid."""
-    spec: UnitSpec
-    w_in: list[int]
-    w_out: list[int]
-    ms: np.ndarray            # [len(w_in), len(w_out)]
-
-    def __call__(self, w_in: float | None, w_out: float) -> float:
-        """Bilinear interpolation (linear extrapolation is clamped to the grid)."""
-        rows = np.array([np.interp(w_out, self.w_out, r) for r in self.ms])
-        return float(rows[0] if w_in is None or len(self.w_in) == 1 else np.interp(w_in, self.w_in, rows))
-
-
-def measure_tables(specs: Sequence[UnitSpec], grids: Sequence[tuple[list[int], list[int]]], backend: str,
-                   folder=None, repeats: int = 3, timer: Callable | None = None) -> tuple[list[Table], dict]:
-    """One table per unit; cached timings are reused, missing ones measured (``timer(module,
-    x)`` -> ms, default: the backend's). Returns the tables and ``{"measured", "cached", "seconds"}``."""
-    check_backend(backend)
-    cache = TimingCache(cache_dir(folder), backend)
-    timer = timer or (lambda module, x: time_fn(runner(module, x, backend), is_cuda(backend), repeats))
-    start, stats, tables = time.perf_counter(), {"measured": 0, "cached": 0}, []
-    known = [cache.load(s) for s in specs]
-    todo = sum(1 for s, (gi, go), k in zip(specs, grids, known) for a in gi for b in go if (a, b) not in k)
-    bar = progress(todo, f"latency tables ({backend})") if todo else None
-    for spec, (g_in, g_out), ms in zip(specs, grids, known):
-        fresh = False
-        for a in g_in:
-            for b in g_out:
-                if (a, b) in ms:
-                    stats["cached"] += 1
-                    continue
-                ms[(a, b)] = float(timer(*spec.build(a, b)))
-                stats["measured"] += 1
-                fresh = True
-                bar.update()
-        if fresh:
-            cache.store(spec, ms)
-        tables.append(Table(spec, list(g_in), list(g_out), np.array([[ms[(a, b)] for b in g_out] for a in g_in])))
-    if bar is not None:
-        bar.close()
-    stats["seconds"] = time.perf_counter() - start
-    return tables, stats

@@ -27,8 +27,9 @@ from passes.errors import DCPError
 from passes.rewrite import rewrite
 from passes.select import CostModel, floor_width
 
-from .latency import (ORT_PROVIDER, is_cuda, confirmed, elapsed_ms, torch_fn, check_backend, grid, measure_tables, ort_session_fn,
+from .latency import (ORT_PROVIDER, is_cuda, confirmed, elapsed_ms, torch_fn, check_backend, ort_session_fn,
                       runner, time_fn, unit_spec)
+from .latency_tables import grid, measure_tables
 
 Choose = Callable[[CostModel, float], dict]  # (cost model, budget) -> keep plan
 
@@ -145,6 +146,9 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
     if at_floor and min(at_floor) >= 1.0:  # the narrowest plan cannot be slower than the original: noise
         warning = (f"unreliable timings: the narrowest plan measured {min(at_floor):.0%} of the original "
                    f"(a busy machine?); the plan follows the tables")
+    elif full > 2 * ms["original"]:  # units are parts of the model: their sum cannot be twice the whole
+        warning = (f"the latency tables add up to {full:.1f} ms, over twice the whole model's {ms['original']:.1f} ms "
+                   f"(timings disturbed while they were built?): rebuild them in a fresh cache on a quiet machine")
     elif measured > target * (1 + tolerance) and at_floor:
         raise DCPError(f"target_latency {target} is out of reach on {backend}: the narrowest plan (max_ratio "
                        f"{max_ratio}) measures {measured:.0%} of the original (fixed costs dominate at this size; "
@@ -204,7 +208,8 @@ def format_latency(rep: dict) -> str:
     lines += [f"  total: predicted {rep['predicted_ratio'] * rep['original_ms']:.1f} ms "
               f"({rep['predicted_ratio']:.1%}), measured {rep['compact_ms']:.1f} ms ({rep['measured_ratio']:.1%}) "
               f"vs original {rep['original_ms']:.1f} ms; {len(rep['rounds'])} round(s)",
-              f"  latency table: {t['measured']} timings measured, {t['cached']} from cache, {t['seconds']:.1f} s"]
+              f"  latency table: {t['measured']} entries measured ({t.get('timings', 0)} timings, {t.get('retimed', 0)} "
+              f"re-timed as disturbed), {t['cached']} from cache, {t['seconds']:.1f} s"]
     if rep.get("warning"):
         lines.append(f"  WARNING: {rep['warning']}")
     return "\n".join(lines)

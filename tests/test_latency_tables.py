@@ -1,0 +1,99 @@
+"""Latency tables under a disturbed clock: a stall of the machine while they are built must not
+reach the cached table, and a real staircase (a narrower layer that IS slower) must survive."""
+import json
+
+import pytest
+import torch
+
+import passes
+from compiler.latency_fit import fit_latency, latency_model
+from compiler.latency_tables import TABLE_RULES
+from passes.select import select_budget
+from test_latency import MacTimer, analysed, fake_measure, tiny
+
+
+def true_ms(module, x):
+    return 0.01 + passes.count(module, x)[1] / 1e6
+
+
+class StallingTimer:
+    """The true cost, except that calls ``first`` .. ``first + length - 1`` run 100x slower (the
+    VM descheduled for a while: every entry timed then is wrong, full-width ones included)."""
+
+    def __init__(self, first, length, factor=100.0):
+        self.first, self.length, self.factor, self.calls = first, length, factor, 0
+
+    def __call__(self, module, x):
+        self.calls += 1
+        slow = self.first <= self.calls < self.first + self.length
+        return true_ms(module, x) * (self.factor if slow else 1.0)
+
+
+def expected_tables(tables):
+    out = []
+    for t in tables:
+        out.append([[true_ms(*t.spec.build(a, b)) for b in t.w_out] for a in t.w_in])
+    return out
+
+
+@pytest.mark.parametrize("first,length", [(1, 6), (10, 15), (20, 25)])  # the build has 58 calls
+def test_a_stall_while_the_tables_are_built_does_not_reach_them(tmp_path, first, length):
+    """Any stall shorter than one sweep, even one across the two sweeps' boundary."""
+    gm, _, groups, layers = analysed(tiny(), torch.zeros(1, 3, 16, 16))
+    stall = StallingTimer(first, length)
+    _, tables, stats = latency_model(gm, groups, layers, "torch-cpu", round_to=4, cache=tmp_path, timer=stall)
+    assert stats["timings"] == stall.calls and stall.calls > first + length  # the stall was inside the build
+    for table, want in zip(tables, expected_tables(tables)):
+        assert table.ms.ravel().tolist() == pytest.approx(sum(want, []))
+    for f in (tmp_path / "latency").glob("*.json"):  # and so the cache is clean too
+        data = json.loads(f.read_text())
+        assert data["rules"] == TABLE_RULES and max(data["ms"].values()) < 10
+
+
+def test_a_stall_spanning_whole_sweeps_is_retimed_where_it_breaks_the_tables_shape(tmp_path):
+    """Every call of the first two sweeps is slow for the narrowest entries only: both sweeps
+    agree, but an entry above a wider one of its own table is re-timed."""
+    gm, _, groups, layers = analysed(tiny(), torch.zeros(1, 3, 16, 16))
+    entries = latency_model(gm, groups, layers, "torch-cpu", round_to=4, cache=tmp_path / "probe",
+                            timer=true_ms)[2]["measured"]
+
+    class NarrowSlow:
+        calls = 0
+
+        def __call__(self, module, x):
+            self.calls += 1
+            narrow = x.shape[1] == 4 and self.calls <= 2 * entries  # 4 input channels, during both sweeps
+            return true_ms(module, x) * (50.0 if narrow else 1.0)
+    _, tables, stats = latency_model(gm, groups, layers, "torch-cpu", round_to=4, cache=tmp_path, timer=NarrowSlow())
+    assert stats["retimed"] > 0
+    for table, want in zip(tables, expected_tables(tables)):
+        assert table.ms.ravel().tolist() == pytest.approx(sum(want, []))
+
+
+def test_a_real_staircase_survives_retiming(tmp_path):
+    """A width that is slower than a wider one on every run (a GPU kernel staircase) stays in
+    the table as measured: the selection should see it, not an averaged-away version."""
+    gm, _, groups, layers = analysed(tiny(), torch.zeros(1, 3, 16, 16))
+    stair = lambda module, x: true_ms(module, x) + (5.0 if x.shape[1] % 8 else 0.0)  # noqa: E731
+    _, tables, stats = latency_model(gm, groups, layers, "torch-cpu", round_to=4, cache=tmp_path, timer=stair)
+    t = tables[1]
+    odd = [a for a in t.w_in if a % 8]
+    assert odd and stats["retimed"] > 0  # the odd widths looked disturbed, were re-timed, and stayed slow
+    for a in odd:
+        assert t(a, t.w_out[-1]) > t(16, t.w_out[-1])
+
+
+def test_tables_that_add_up_to_far_more_than_the_model_are_reported(tmp_path):
+    """Disturbed in every sweep alike (nothing inside the tables shows it): the whole-model
+    measurement does, and the report says so."""
+    x = torch.zeros(1, 3, 16, 16)
+    gm, ctx, groups, layers = analysed(tiny(), x)
+    scores = passes.importance.channel_scores(gm, groups, "bn")
+    choose = lambda cost, budget: select_budget(groups, scores, cost, budget, max_ratio=0.9)  # noqa: E731
+    slow = lambda module, xx: 1000 * MacTimer()(module, xx)  # noqa: E731
+    _, rep = fit_latency(gm, ctx, groups, layers, x, 0.5, choose, cache=tmp_path, timer=slow,
+                         measure=fake_measure(lambda k: 1.0), rounds=2)
+    assert "add up to" in rep["warning"]
+    _, rep = fit_latency(gm, ctx, groups, layers, x, 0.5, choose, cache=tmp_path / "ok", timer=MacTimer(),
+                         measure=fake_measure(lambda k: 1.0), rounds=2)
+    assert rep["warning"] is None
