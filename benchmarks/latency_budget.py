@@ -76,24 +76,30 @@ def equal_latency_mac_plan(choose, macs, lat, predicted, gm, ctx, groups, keep, 
     return best
 
 
-def run_case(width: float, backend: str, targets: list[float], size: int, round_to: int, repeats: int,
-             grid: int = 5, checkpoint: str | None = None) -> dict:
-    """One (model, backend): an untrained DIM of ``width`` scored by weight L1 (per-group mean
-    normalised), or a trained sparse ``checkpoint`` scored by its BN gammas (not normalised:
-    sparsity training already put them on one scale)."""
+def build_case_model(width, checkpoint: str | None, torchvision_name: str | None, size: int):
+    """(model, example input, label, importance, normalize): an untrained DIM of ``width`` scored
+    by weight L1 (per-group mean normalised); a trained sparse ``checkpoint`` scored by its BN
+    gammas (not normalised: sparsity training already put them on one scale); or an untrained
+    torchvision classifier (L1, mean normalised), whose layers differ in time per MAC far more."""
     torch.manual_seed(0)
+    if torchvision_name:
+        import torchvision
+        model = getattr(torchvision.models, torchvision_name)(weights=None).eval()
+        return model, torch.zeros(1, 3, size, size), torchvision_name, "l1", "mean"
     if checkpoint:
         from matting.checkpoint import load_dim
-        model = load_dim(checkpoint).eval()
-        width = f"{Path(checkpoint).name} (trained)"
-    else:
-        model = matting.dim(width=width).eval()
-    x = torch.zeros(1, 4, size, size)
+        return load_dim(checkpoint).eval(), torch.zeros(1, 4, size, size), f"{Path(checkpoint).name} (trained)", "bn", "none"
+    return matting.dim(width=width).eval(), torch.zeros(1, 4, size, size), width, "l1", "mean"
+
+
+def run_case(width: float, backend: str, targets: list[float], size: int, round_to: int, repeats: int,
+             grid: int = 5, checkpoint: str | None = None, torchvision_name: str | None = None) -> dict:
+    """One (model, backend): fit every target, then compare with the MAC plan at equal latency."""
+    model, x, width, importance, normalize = build_case_model(width, checkpoint, torchvision_name, size)
     gm = trace(model, x)
     ctx = analyse(gm)
     groups = build_groups(ctx)
     layers = layer_axes(ctx, groups)
-    importance, normalize = ("bn", "none") if checkpoint else ("l1", "mean")
     scores = channel_scores(gm, groups, importance)
     norm = normalize_scores(scores, normalize)
     options = dict(round_to=round_to, max_ratio=0.9, normalize=normalize)
@@ -167,6 +173,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None,
                    help="a trained sparse DIM checkpoint (e.g. demo_out/prune/best.pt), scored by its BN gammas, "
                         "instead of untrained DIMs of --widths")
+    p.add_argument("--torchvision", default=None, metavar="NAME",
+                   help="an untrained torchvision model (e.g. mobilenet_v2, with --size 224) instead of DIM")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     if args.threads:
@@ -174,17 +182,21 @@ def main() -> None:
     if args.quick:
         args.widths, args.backends, args.targets = [0.25], ["torch-cpu"], [0.5]
     start = time.time()
-    widths = [None] if args.checkpoint else args.widths
-    cases = [run_case(w, b, args.targets, args.size, args.round_to, args.repeats, args.grid, args.checkpoint)
+    widths = [None] if args.checkpoint or args.torchvision else args.widths
+    cases = [run_case(w, b, args.targets, args.size, args.round_to, args.repeats, args.grid, args.checkpoint,
+                      args.torchvision)
              for w in widths for b in args.backends]
     stem = args.stem or ("latency_budget_quick" if args.quick else "latency_budget")
     command = "python benchmarks/latency_budget.py" + (" --quick" if args.quick else "") + (
-        "" if args.quick else (f" --widths {' '.join(map(str, args.widths))}" if not args.checkpoint else "") + f" --backends {' '.join(args.backends)} "
+        "" if args.quick else (f" --widths {' '.join(map(str, args.widths))}" if not (args.checkpoint or args.torchvision) else "") + f" --backends {' '.join(args.backends)} "
                               f"--targets {' '.join(map(str, args.targets))} --size {args.size} --grid {args.grid}") + (
-        f" --threads {args.threads}" if args.threads else "") + (f" --checkpoint {args.checkpoint}" if args.checkpoint else "")
+        f" --threads {args.threads}" if args.threads else "") + (f" --checkpoint {args.checkpoint}" if args.checkpoint else "") + (
+        f" --torchvision {args.torchvision}" if args.torchvision else "")
     md = markdown(cases, command, time.time() - start)
     if args.checkpoint:  # the header names what was scored
         md = md.replace("(untrained DIM, L1 importance, mean-normalised,", f"({args.checkpoint}, BN-gamma importance,")
+    if args.torchvision:
+        md = md.replace("(untrained DIM,", f"(untrained torchvision {args.torchvision},")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / f"{stem}.json", json.dumps({"cases": cases, "threads": torch.get_num_threads()}, indent=1))

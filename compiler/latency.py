@@ -198,16 +198,26 @@ class UnitSpec:
         return {"kind": self.kind, "dims": self.dims, "hyper": repr(sorted(self.hyper.items())), "bias": self.bias,
                 "in_shape": list(self.in_shape), "channels": list(self.channels), "followers": follow}
 
+    @property
+    def depthwise(self) -> bool:
+        """One filter per input channel: its input and output widths are one (its table is 1-D)."""
+        groups = self.hyper.get("groups", 1)
+        return self.kind != "linear" and groups > 1 and groups == self.channels[0]
+
     def build(self, w_in: int, w_out: int) -> tuple[nn.Module, torch.Tensor]:
+        """The unit at these widths and a random input for it. A depthwise unit takes ``w_out`` as
+        its input width too; a grouped one, widths rounded to its groups (as pruning keeps them)."""
         if self.kind == "linear":
             layers = [nn.Linear(w_in, w_out, bias=self.bias)]
         else:
             cls = {"conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d), "convT": (nn.ConvTranspose1d, nn.ConvTranspose2d,
                                                                         nn.ConvTranspose3d)}[self.kind][self.dims - 1]
             groups = self.hyper.get("groups", 1)
-            depthwise = groups > 1 and groups == self.channels[0]
-            hyper = {**self.hyper, "groups": w_out if depthwise else groups}
-            layers = [cls(w_out if depthwise else w_in, w_out, bias=self.bias, **hyper)]
+            if self.depthwise:
+                w_in = groups = w_out
+            elif groups > 1:
+                w_in, w_out = (max(groups, round(w / groups) * groups) for w in (w_in, w_out))
+            layers = [cls(w_in, w_out, bias=self.bias, **{**self.hyper, "groups": groups})]
         for f in self.followers:
             layers.append(f[1](w_out) if f[0] == "bn" else copy.deepcopy(f[1]) if f[0] == "same" else _Call(*f[1:]))
         shape = list(self.in_shape)

@@ -54,7 +54,7 @@ def latency_model(gm: fx.GraphModule, groups: Sequence[Group], layers: Sequence[
     sizes = {g.id: g.size for g in groups}
     floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups}
     specs = [unit_spec(gm, layer) for layer in layers]
-    grids = [(axis_grid(l.inputs, s.channels[0], floors, sizes, grid_points, round_to),
+    grids = [([s.channels[0]] if s.depthwise else axis_grid(l.inputs, s.channels[0], floors, sizes, grid_points, round_to),
               axis_grid(l.outputs, s.channels[1], floors, sizes, grid_points, round_to)) for l, s in zip(layers, specs)]
     tables, stats = measure_tables(specs, grids, backend, cache, timer=timer)
 

@@ -97,3 +97,41 @@ def test_tables_that_add_up_to_far_more_than_the_model_are_reported(tmp_path):
     _, rep = fit_latency(gm, ctx, groups, layers, x, 0.5, choose, cache=tmp_path / "ok", timer=MacTimer(),
                          measure=fake_measure(lambda k: 1.0), rounds=2)
     assert rep["warning"] is None
+
+
+def test_depthwise_and_grouped_units_are_built_at_widths_pruning_can_give(tmp_path):
+    """A MobileNet-style block (expand, depthwise, project) and a grouped conv: the depthwise
+    unit's input width IS its output width (a 1-D table), a grouped one's widths are multiples
+    of its groups; every grid point builds and runs, and a latency compile fits."""
+    torch.manual_seed(0)
+    from torch import nn
+    from tests_helpers import randomise_bn
+    model = randomise_bn(nn.Sequential(
+        nn.Conv2d(3, 24, 1), nn.BatchNorm2d(24), nn.ReLU6(),
+        nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.BatchNorm2d(24), nn.ReLU6(),
+        nn.Conv2d(24, 16, 1), nn.BatchNorm2d(16),
+        nn.Conv2d(16, 32, 3, padding=1, groups=4), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 5, 1))).eval()
+    x = torch.zeros(1, 3, 16, 16)
+    gm, ctx, groups, layers = analysed(model, x)
+    built = []
+
+    def timer(module, xx):
+        out = module(xx)  # raises if a unit was built at widths that do not fit together
+        built.append((xx.shape[1], out.shape[1]))
+        return true_ms(module, xx)
+    _, tables, _ = latency_model(gm, groups, layers, "torch-cpu", round_to=2, cache=tmp_path, timer=timer)
+    dw = tables[1]
+    assert dw.spec.depthwise and dw.w_in == [24] and len(dw.w_out) > 1
+    grouped = tables[3]
+    assert grouped.spec.hyper["groups"] == 4 and len(grouped.w_in) > 1 and len(grouped.w_out) > 1
+    for a in grouped.w_in:
+        for b in grouped.w_out:
+            conv = grouped.spec.build(a, b)[0].layers[0]
+            assert conv.in_channels % 4 == 0 and conv.out_channels % 4 == 0
+    assert len(built) >= sum(len(t.w_in) * len(t.w_out) for t in tables)
+    scores = passes.importance.channel_scores(gm, groups, "bn")
+    choose = lambda cost, budget: select_budget(groups, scores, cost, budget, max_ratio=0.8)  # noqa: E731
+    keep, rep = fit_latency(gm, ctx, groups, layers, x, 0.6, choose, cache=tmp_path, timer=timer,
+                            measure=fake_measure(lambda k: 1.0), rounds=2)
+    assert rep["rounds"] and len(rep["layers"]) == 5
