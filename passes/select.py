@@ -263,6 +263,31 @@ def reachable_widths(size: int, floor: int, round_to: int) -> list[int]:
     return [size, *[w for w in steps if w >= max(floor, 1)]]
 
 
+def _fill_back(kept: dict, ladders: Mapping[int, list], prefix: Mapping[int, np.ndarray], cost: CostModel,
+               budget: float) -> None:
+    """Give blocks back while the budget allows: the last removal steps (up to ``lookahead``
+    blocks at once) can undershoot the budget by a lot, and the slack buys importance back.
+    Each step re-adds the one block that gains the most importance per unit of cost."""
+    total = cost.total(kept)
+    while True:
+        best = None
+        for gid, ladder in ladders.items():
+            up = min((w for w in ladder if w > kept[gid]), default=None)
+            if up is None:
+                continue
+            touching = cost.touching.get(gid, [])
+            added = sum(cost.layer(i, {**kept, gid: up}) - cost.layer(i, kept) for i in touching)
+            if total + added <= budget:
+                gain = prefix[gid][up] - prefix[gid][kept[gid]]
+                value = gain / max(added, 1e-12 * max(abs(total), 1))
+                if best is None or value > best[0]:
+                    best = (value, gid, up)
+        if best is None:
+            return
+        kept[best[1]] = best[2]
+        total = cost.total(kept)  # exact (not the running sum): the budget test must not drift
+
+
 def select_budget(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], cost: CostModel, budget: float,
                   round_to: int = 1, min_channels: int = 1, max_ratio: float = 0.9, normalize: str = "mean",
                   widths: Mapping[int | str, int] | None = None, lookahead: int = 4) -> dict[int, np.ndarray]:
@@ -331,5 +356,6 @@ def select_budget(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], c
         for other in neighbours[gid] | {gid}:
             if other in ladders:
                 moves[other] = best_move(other)
+    _fill_back(kept, ladders, prefix, cost, budget)
     keep = {g.id: np.sort(order[g.id][:kept[g.id]].numpy()) for g in candidates}
     return every_producer_keeps(groups, keep, scores, min_channels)
