@@ -88,6 +88,11 @@ def ort_session_fn(onnx_bytes_or_path, x: torch.Tensor, backend: str) -> Callabl
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = torch.get_num_threads()
+    # ORT's CPU workers spin after a run by default: with several sessions timed in turn, one
+    # session's spinning threads steal the cores from the next one's run (a 2-3x distortion
+    # measured on 2 cores). Without spinning each session is timed alone.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     provider = ORT_PROVIDER[backend]
     providers = [(provider, {"trt_fp16_enable": "1"}) if backend == "trt" else provider]
     session = ort.InferenceSession(onnx_bytes_or_path, opts, providers=providers)
