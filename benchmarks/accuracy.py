@@ -76,8 +76,10 @@ def table(rows: dict[str, dict]) -> str:
             v = np.array(r[k]) * scale
             return f"{v.mean():.3f}" + (f" ± {v.std():.3f}" if len(v) > 1 else "")
         sad = np.mean(r["sad"])
+        params = " / ".join(f"{p:,}" for p in dict.fromkeys(np.atleast_1d(r["params"]).tolist()))  # per seed if they differ
+        macs = " / ".join(f"{m / 1e9:.2f}" for m in dict.fromkeys(np.atleast_1d(r["macs"]).tolist()))
         lines.append(f"| {name} | {cell('sad')} | {cell('mse', 1e3)} | {cell('grad')} | {cell('conn')} | "
-                     f"{r['params']:,} | {r['macs'] / 1e9:.2f} | {cell('ms')} | {cell('latency_ratio')} | "
+                     f"{params} | {macs} | {cell('ms')} | {cell('latency_ratio')} | "
                      f"{sad / t_sad:.2f} | {sad / u_sad:.2f} |")
     return "\n".join(lines)
 
@@ -102,7 +104,9 @@ def main() -> None:
     def add(name, model, scores, ms):
         params, macs = count(model, x)
         r = rows.setdefault(name, {"sad": [], "mse": [], "grad": [], "conn": [], "ms": [], "latency_ratio": [],
-                                   "params": params, "macs": macs})
+                                   "params": [], "macs": []})
+        r["params"].append(params)
+        r["macs"].append(macs)
         for k in ("sad", "mse", "grad", "conn"):
             r[k].append(scores[k])
         r["ms"].append(ms[name])

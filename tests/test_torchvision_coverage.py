@@ -220,3 +220,35 @@ def test_efficientnet_stochastic_depth_passes_channels_through():
     g = _group_of(groups, "features.2.1.block.3.0")
     assert set(g.names("producer")) == {"features.2.0.block.3.0", "features.2.1.block.3.0"}
     assert g.prunable
+
+
+# --- (c) latency tables ----------------------------------------------------------------
+@pytest.mark.parametrize("name", PARAMS)
+def test_latency_tables_build_at_every_width_they_price(name, tmp_path):
+    """Every unit of every model rebuilds at every grid point of its table (depthwise, grouped,
+    linear, transposed) and runs; then a latency-budget selection and rewrite go through. A
+    fake clock (the unit's MACs) and a crop of the input keep this fast and timing-free."""
+    from compiler.latency_fit import fit_latency, latency_model
+    from passes.count import layer_axes
+    from passes.importance import channel_scores
+    from passes.select import select_budget
+    model, x = _built(name)
+    gm = passes.trace(model, x)
+    ctx = passes.analyse(gm)
+    groups = passes.build_groups(ctx)
+    layers = layer_axes(ctx, groups)
+
+    def clock(unit, xx):
+        crop = xx[(slice(None), slice(None), *(slice(0, 8) for _ in xx.shape[2:]))]
+        unit(crop)  # raises if the widths do not fit together
+        return 1e-3 + sum(p.numel() for p in unit.parameters()) * crop[0, 0].numel() * 1e-9
+    _, tables, stats = latency_model(gm, groups, layers, "torch-cpu", round_to=8, grid_points=3, cache=tmp_path,
+                                     timer=clock)
+    assert stats["measured"] > 0 and len(tables) == len(layers)
+    scores = channel_scores(gm, groups, "l1")
+    choose = lambda cost, budget: select_budget(groups, scores, cost, budget, round_to=8)  # noqa: E731
+    measure = lambda models: {k: passes.count(m, x)[1] / 1e9 for k, m in models.items()}  # noqa: E731
+    keep, rep = fit_latency(gm, ctx, groups, layers, x, 0.7, choose, round_to=8, grid_points=3, cache=tmp_path,
+                            timer=clock, measure=measure, rounds=1)
+    assert len(rep["layers"]) == len(layers) and any(len(k) < g.size for g in groups for gid, k in keep.items()
+                                                     if gid == g.id)
