@@ -31,13 +31,13 @@ from passes import DCPError, analyse, build_groups, trace
 from passes.count import layer_axes
 from passes.importance import channel_scores
 from passes.rewrite import rewrite
+from passes import select
 from passes.select import CostModel, normalize_scores, select_budget
 
 
 def kept_importance(norm: dict, keep: dict) -> float:
-    """Fraction of the total normalised importance that a plan keeps."""
-    total = sum(float(s.sum()) for s in norm.values())
-    return sum(float(norm[g][torch.as_tensor(k)].sum()) for g, k in keep.items()) / total
+    """Fraction of the total (already normalised) importance that a plan keeps."""
+    return select.kept_importance(norm, keep, "none")
 
 
 def mac_plan_at_latency(choose, macs: CostModel, lat: CostModel, predicted: float) -> dict:

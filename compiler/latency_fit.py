@@ -102,10 +102,15 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
                 example: torch.Tensor, target: float, choose: Choose, backend: str = "torch-cpu",
                 round_to: int = 1, min_channels: int = 1, max_ratio: float = 0.9, grid_points: int = 5,
                 cache=None, rounds: int = 5, tolerance: float = 0.05, repeats: int = 5,
-                timer=None, measure=None) -> tuple[dict, dict]:
+                timer=None, measure=None, value: Callable[[dict], float] | None = None) -> tuple[dict, dict]:
     """The keep plan whose compact model measures closest to ``target`` x the original's latency,
     and a report (tables, rounds, per-layer predicted vs measured). ``timer(module, x)`` and
-    ``measure({name: model})`` replace the backend's clocks (tests)."""
+    ``measure({name: model})`` replace the backend's clocks (tests).
+
+    With ``value(keep)`` (the kept importance), a MAC-driven plan is fitted to the same measured
+    target as a rival, and the plan that keeps more value within the tolerance wins: the tables
+    can mis-rank plans where they are least accurate (the narrowest widths, where fixed costs
+    dominate), and a MAC budget is the safe fallback there. The report names the winner."""
     if not 0 < target <= 1:
         raise DCPError(f"target_latency must be a fraction in (0, 1], got {target}")
     check_backend(backend)
@@ -113,33 +118,13 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
                                         grid_points, cache, timer)
     sizes = {g.id: g.size for g in groups}
     measure = measure or (lambda models: measure_models(models, example, backend, repeats))
-    full = cost.total({})
-    budget, tried, best = target * full, [], None
     floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups if g.prunable}
-    narrowest = cost.total(floors) * (1 + 1e-9)  # the tables' cheapest plan: every group at its floor
-    for _ in range(rounds):
-        budget = max(budget, narrowest)  # the measurement, not the tables, says if the target is out of reach
-        try:
-            keep = choose(cost, budget)
-        except DCPError:  # the greedy cannot find a way down these tables: take their narrowest plan
-            keep = _narrowest_plan(cost, floors, choose)
-            budget = narrowest
-        kept = {gid: len(k) for gid, k in keep.items()}
-        predicted = cost.total(kept) / full
-        compact, _ = rewrite(ctx, groups, keep)
-        ms = measure({"original": gm, "compact": compact})
-        # a plan that keeps every channel IS the original: its ratio is 1 whatever the clock says
-        measured = 1.0 if all(len(k) == sizes[g] for g, k in keep.items()) else ms["compact"] / ms["original"]
-        tried.append({"budget_ms": budget, "predicted_ratio": predicted, "measured_ratio": measured,
-                      "original_ms": ms["original"], "compact_ms": ms["compact"]})
-        if best is None or abs(measured - target) < abs(best[1] - target):
-            best = (keep, measured, predicted, ms)
-        if abs(measured - target) <= tolerance * target:
-            break
-        new_budget = max(_corrected_budget(tried, target, full), narrowest)
-        if abs(new_budget - budget) < 1e-9 * full:  # the same plan again (e.g. at the floors)
-            break
-        budget = new_budget
+
+    def run(model: CostModel) -> tuple[tuple, list, float]:
+        return _fit_rounds(model, target, choose, lambda keep: _measure_plan(gm, ctx, groups, keep, sizes, measure),
+                           floors, rounds, tolerance)
+    best, tried, narrowest = run(cost)
+    full = cost.total({})
     keep, measured, predicted, ms = best
     at_floor = [r["measured_ratio"] for r in tried if r["budget_ms"] <= narrowest]
     warning = None
@@ -153,10 +138,71 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
         raise DCPError(f"target_latency {target} is out of reach on {backend}: the narrowest plan (max_ratio "
                        f"{max_ratio}) measures {measured:.0%} of the original (fixed costs dominate at this size; "
                        f"raise max_ratio or the target)")
+    selector, rivals = "latency", []
+    if value is not None and warning is None:
+        rivals.append({"selector": "latency", "measured_ratio": measured, "value": value(keep), "rounds": len(tried)})
+        try:
+            mac_best, mac_tried, _ = run(CostModel.macs(layers, sizes))
+        except DCPError:
+            mac_best = None
+        if mac_best is not None:
+            rivals.append({"selector": "macs", "measured_ratio": mac_best[1], "value": value(mac_best[0]),
+                           "rounds": len(mac_tried)})
+            if _better(rivals[1], rivals[0], target, tolerance):
+                selector, (keep, measured, _, ms) = "macs", mac_best
+                predicted = cost.total({g: len(k) for g, k in keep.items()}) / full
     report = {"backend": backend, "target": target, "measured_ratio": measured, "predicted_ratio": predicted,
               "original_ms": ms["original"], "compact_ms": ms["compact"], "rounds": tried, "table": stats,
+              "selector": selector, "rivals": rivals,
               "layers": _per_layer(cost, tables, keep, backend, timer, full, ms["original"]), "warning": warning}
     return keep, report
+
+
+def _better(a: dict, b: dict, target: float, tolerance: float) -> bool:
+    """Is rival ``a`` better than ``b``: within the tolerance and more value, or closer to the target."""
+    def ok(r):
+        return abs(r["measured_ratio"] - target) <= tolerance * target
+    if ok(a) and ok(b):
+        return a["value"] > b["value"]
+    return ok(a) and not ok(b)
+
+
+def _measure_plan(gm, ctx, groups, keep: dict, sizes: Mapping[int, int], measure) -> tuple[float, dict]:
+    """The plan's measured latency ratio (and the timings)."""
+    compact, _ = rewrite(ctx, groups, keep)
+    ms = measure({"original": gm, "compact": compact})
+    # a plan that keeps every channel IS the original: its ratio is 1 whatever the clock says
+    measured = 1.0 if all(len(k) == sizes[g] for g, k in keep.items()) else ms["compact"] / ms["original"]
+    return measured, ms
+
+
+def _fit_rounds(cost: CostModel, target: float, choose: Choose, measure_plan, floors: Mapping[int, int],
+                rounds: int, tolerance: float) -> tuple[tuple, list, float]:
+    """Select on ``cost``, measure, correct the budget, a few rounds: the best (keep, measured,
+    predicted, ms), the rounds tried, and the cost model's narrowest budget."""
+    full = cost.total({})
+    budget, tried, best = target * full, [], None
+    narrowest = cost.total(floors) * (1 + 1e-9)  # the cost model's cheapest plan: every group at its floor
+    for _ in range(rounds):
+        budget = max(budget, narrowest)  # the measurement, not the model, says if the target is out of reach
+        try:
+            keep = choose(cost, budget)
+        except DCPError:  # the greedy cannot find a way down this cost model: take its narrowest plan
+            keep = _narrowest_plan(cost, floors, choose)
+            budget = narrowest
+        predicted = cost.total({gid: len(k) for gid, k in keep.items()}) / full
+        measured, ms = measure_plan(keep)
+        tried.append({"budget_ms": budget, "predicted_ratio": predicted, "measured_ratio": measured,
+                      "original_ms": ms["original"], "compact_ms": ms["compact"]})
+        if best is None or abs(measured - target) < abs(best[1] - target):
+            best = (keep, measured, predicted, ms)
+        if abs(measured - target) <= tolerance * target:
+            break
+        new_budget = max(_corrected_budget(tried, target, full), narrowest)
+        if abs(new_budget - budget) < 1e-9 * full:  # the same plan again (e.g. at the floors)
+            break
+        budget = new_budget
+    return best, tried, narrowest
 
 
 def _narrowest_plan(cost: CostModel, floors: Mapping[int, int], choose: Choose) -> dict:
@@ -210,6 +256,10 @@ def format_latency(rep: dict) -> str:
               f"vs original {rep['original_ms']:.1f} ms; {len(rep['rounds'])} round(s)",
               f"  latency table: {t['measured']} entries measured ({t.get('timings', 0)} timings, {t.get('retimed', 0)} "
               f"re-timed as disturbed), {t['cached']} from cache, {t['seconds']:.1f} s"]
+    if len(rep.get("rivals", [])) > 1:
+        lines.append("  selection: " + "; ".join(f"{r['selector']}-driven plan measures {r['measured_ratio']:.1%}, keeps "
+                                                 f"{r['value']:.1%} of the importance" for r in rep["rivals"])
+                     + f" -> {rep['selector']}-driven")
     if rep.get("warning"):
         lines.append(f"  WARNING: {rep['warning']}")
     return "\n".join(lines)

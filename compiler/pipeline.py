@@ -14,7 +14,7 @@ from passes.count import layer_axes, layer_costs, plan_macs
 from passes.importance import channel_scores
 from passes.report import format_groups
 from passes.rewrite import KeepMap, rewrite
-from passes.select import CostModel, scope_pools, select, select_budget
+from passes.select import CostModel, kept_importance, scope_pools, select, select_budget
 from passes.trace import as_tuple
 from passes.verify import VERIFY_TOLERANCE, VerifyResult, failure_message, verify
 
@@ -76,8 +76,10 @@ def _budget_plan(gm, ctx, groups, layers, scores, example, target_macs, target_l
 
     if target_latency is not None:
         from .latency_fit import fit_latency
+        def value(keep):  # what a plan keeps, to pick between the latency- and the MAC-driven plan
+            return kept_importance(scores, keep, options["normalize"])
         return fit_latency(gm, ctx, groups, layers, example, target_latency, choose, backend, options["round_to"],
-                           options["min_channels"], options["max_ratio"], **latency_options)
+                           options["min_channels"], options["max_ratio"], **{"value": value, **latency_options})
     if not 0 < target_macs <= 1:
         raise DCPError(f"target_macs must be a fraction in (0, 1], got {target_macs}")
     macs = CostModel.macs(layers, {g.id: g.size for g in groups})

@@ -255,6 +255,18 @@ class CostModel:
         return float(sum(self.layer(i, kept) for i in range(len(self.layers))))
 
 
+def kept_importance(scores: Mapping[int, torch.Tensor], keep: Mapping[int, np.ndarray], normalize: str = "mean") -> float:
+    """The fraction of the (normalised) importance of the groups in ``keep`` that the plan keeps.
+
+    >>> kept_importance({0: torch.tensor([1., 3.])}, {0: np.array([1])}, "none")
+    0.75
+    """
+    norm = normalize_scores({g: scores[g] for g in keep}, normalize)
+    total = sum(float(s.sum()) for s in norm.values())
+    kept = sum(float(norm[g][torch.as_tensor(np.asarray(k), dtype=torch.long)].sum()) for g, k in keep.items())
+    return kept / max(total, 1e-30)
+
+
 def reachable_widths(size: int, floor: int, round_to: int) -> list[int]:
     """Widths a group may take, widest first: its size, then the multiples of ``round_to``
     below it, down to ``floor``."""

@@ -135,3 +135,36 @@ def test_depthwise_and_grouped_units_are_built_at_widths_pruning_can_give(tmp_pa
     keep, rep = fit_latency(gm, ctx, groups, layers, x, 0.6, choose, cache=tmp_path, timer=timer,
                             measure=fake_measure(lambda k: 1.0), rounds=2)
     assert rep["rounds"] and len(rep["layers"]) == 5
+
+
+def test_compile_keeps_the_mac_plan_when_the_tables_misprice_the_layers(tmp_path):
+    """Tables that say the first conv's channels are dear when the backend (here: MACs) says
+    they are cheap: at the same measured latency the MAC-driven plan keeps more importance, and
+    compile picks it, naming both in the report. With honest tables the latency plan stays."""
+    import compiler
+    from torch import nn
+    from tests_helpers import randomise_bn
+    torch.manual_seed(0)  # fine enough steps to land within 5 % of the target
+    model = randomise_bn(nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                       nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                                       nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                                       nn.Conv2d(64, 4, 1))).eval()
+    x = torch.zeros(1, 3, 16, 16)
+    misprice = lambda module, xx: true_ms(module, xx) + (0.2 * module.layers[0].out_channels  # noqa: E731
+                                                         if xx.shape[1] == 3 else 0.0)
+
+    def by_macs(models):  # the backend: latency proportional to MACs
+        return {k: 3 * passes.count(m, x)[1] / 1e6 for k, m in models.items()}
+    res = compiler.compile(model, x, target_latency=0.5, round_to=2, max_ratio=0.9, importance="l1",
+                           latency_options={"cache": tmp_path, "timer": misprice, "rounds": 4, "measure": by_macs})
+    rep = res.report["latency"]
+    rivals = {r["selector"]: r for r in rep["rivals"]}
+    assert set(rivals) == {"latency", "macs"}
+    assert rep["selector"] == "macs" and rivals["macs"]["value"] > rivals["latency"]["value"]
+    assert "macs-driven" in res.summary()
+    honest = compiler.compile(model, x, target_latency=0.5, round_to=2, max_ratio=0.9, importance="l1",
+                              latency_options={"cache": tmp_path / "honest", "timer": true_ms, "rounds": 4,
+                                               "measure": by_macs})
+    rep = honest.report["latency"]
+    chosen = next(r for r in rep["rivals"] if r["selector"] == rep["selector"])
+    assert all(chosen["value"] >= r["value"] for r in rep["rivals"] if abs(r["measured_ratio"] - 0.5) <= 0.025)
