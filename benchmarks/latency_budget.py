@@ -93,7 +93,8 @@ def build_case_model(width, checkpoint: str | None, torchvision_name: str | None
 
 
 def run_case(width: float, backend: str, targets: list[float], size: int, round_to: int, repeats: int,
-             grid: int = 5, checkpoint: str | None = None, torchvision_name: str | None = None) -> dict:
+             grid: int = 5, checkpoint: str | None = None, torchvision_name: str | None = None,
+             max_ratio: float = 0.9) -> dict:
     """One (model, backend): fit every target, then compare with the MAC plan at equal latency."""
     model, x, width, importance, normalize = build_case_model(width, checkpoint, torchvision_name, size)
     gm = trace(model, x)
@@ -102,20 +103,21 @@ def run_case(width: float, backend: str, targets: list[float], size: int, round_
     layers = layer_axes(ctx, groups)
     scores = channel_scores(gm, groups, importance)
     norm = normalize_scores(scores, normalize)
-    options = dict(round_to=round_to, max_ratio=0.9, normalize=normalize)
+    options = dict(round_to=round_to, max_ratio=max_ratio, normalize=normalize)
     choose = lambda cost, budget: select_budget(groups, scores, cost, budget, **options)  # noqa: E731
     macs = CostModel.macs(layers, {g.id: g.size for g in groups})
     case = {"width": width, "backend": backend, "targets": []}
     with tempfile.TemporaryDirectory(prefix="dcp-latency-bench-") as cache:
         for label in ("cold", "cached"):
             start = time.perf_counter()
-            lat, _, stats = latency_model(gm, groups, layers, backend, round_to, grid_points=grid, cache=cache)
+            lat, _, stats = latency_model(gm, groups, layers, backend, round_to, max_ratio=max_ratio, grid_points=grid,
+                                          cache=cache)
             case[f"table_{label}_s"] = time.perf_counter() - start
             case[f"table_{label}_timings"] = stats["measured"]
         for target in targets:
             try:
                 keep, rep = fit_latency(gm, ctx, groups, layers, x, target, choose, backend, round_to, cache=cache,
-                                        repeats=repeats, grid_points=grid)
+                                        repeats=repeats, grid_points=grid, max_ratio=max_ratio)
             except DCPError as e:  # e.g. out of reach at this size: a row that says so, not a lost run
                 case["targets"].append({"target": target, "error": str(e)})
                 print(f"width {width} {backend} target {target}: {e}", flush=True)
@@ -173,6 +175,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None,
                    help="a trained sparse DIM checkpoint (e.g. demo_out/prune/best.pt), scored by its BN gammas, "
                         "instead of untrained DIMs of --widths")
+    p.add_argument("--max-ratio", type=float, default=0.9, help="the largest fraction any group may lose")
     p.add_argument("--torchvision", default=None, metavar="NAME",
                    help="an untrained torchvision model (e.g. mobilenet_v2, with --size 224) instead of DIM")
     p.add_argument("--out", default="benchmarks/results")
@@ -184,13 +187,14 @@ def main() -> None:
     start = time.time()
     widths = [None] if args.checkpoint or args.torchvision else args.widths
     cases = [run_case(w, b, args.targets, args.size, args.round_to, args.repeats, args.grid, args.checkpoint,
-                      args.torchvision)
+                      args.torchvision, args.max_ratio)
              for w in widths for b in args.backends]
     stem = args.stem or ("latency_budget_quick" if args.quick else "latency_budget")
     command = "python benchmarks/latency_budget.py" + (" --quick" if args.quick else "") + (
         "" if args.quick else (f" --widths {' '.join(map(str, args.widths))}" if not (args.checkpoint or args.torchvision) else "") + f" --backends {' '.join(args.backends)} "
                               f"--targets {' '.join(map(str, args.targets))} --size {args.size} --grid {args.grid}") + (
-        f" --threads {args.threads}" if args.threads else "") + (f" --checkpoint {args.checkpoint}" if args.checkpoint else "") + (
+        f" --threads {args.threads}" if args.threads else "") + (
+        f" --max-ratio {args.max_ratio}" if args.max_ratio != 0.9 else "") + (f" --checkpoint {args.checkpoint}" if args.checkpoint else "") + (
         f" --torchvision {args.torchvision}" if args.torchvision else "")
     md = markdown(cases, command, time.time() - start)
     if args.checkpoint:  # the header names what was scored
