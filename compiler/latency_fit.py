@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import numpy as np
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -120,10 +121,10 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
     measure = measure or (lambda models: measure_models(models, example, backend, repeats))
     floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups if g.prunable}
 
-    def run(model: CostModel) -> tuple[tuple, list, float]:
+    def run(model: CostModel) -> tuple[tuple, list, float, list]:
         return _fit_rounds(model, target, choose, lambda keep: _measure_plan(gm, ctx, groups, keep, sizes, measure),
                            floors, rounds, tolerance)
-    best, tried, narrowest = run(cost)
+    best, tried, narrowest, keeps = run(cost)
     full = cost.total({})
     keep, measured, predicted, ms = best
     at_floor = [r["measured_ratio"] for r in tried if r["budget_ms"] <= narrowest]
@@ -140,14 +141,16 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
                        f"raise max_ratio or the target)")
     selector, rivals = "latency", []
     if value is not None and warning is None:
-        rivals.append({"selector": "latency", "measured_ratio": measured, "value": value(keep), "rounds": len(tried)})
+        points = [(r["measured_ratio"], value(k)) for r, k in zip(tried, keeps)]
         try:
-            mac_best, mac_tried, _ = run(CostModel.macs(layers, sizes))
+            mac_best, mac_tried, _, mac_keeps = run(CostModel.macs(layers, sizes))
+            points += [(r["measured_ratio"], value(k)) for r, k in zip(mac_tried, mac_keeps)]
         except DCPError:
             mac_best = None
+        slope = _slope(points)  # value per unit of latency ratio near the target, from every plan measured
+        rivals.append(_rival("latency", measured, value(keep), len(tried), slope, target))
         if mac_best is not None:
-            rivals.append({"selector": "macs", "measured_ratio": mac_best[1], "value": value(mac_best[0]),
-                           "rounds": len(mac_tried)})
+            rivals.append(_rival("macs", mac_best[1], value(mac_best[0]), len(mac_tried), slope, target))
             if _better(rivals[1], rivals[0], target, tolerance):
                 selector, (keep, measured, _, ms) = "macs", mac_best
                 predicted = cost.total({g: len(k) for g, k in keep.items()}) / full
@@ -158,12 +161,34 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
     return keep, report
 
 
+def _rival(selector: str, measured: float, value: float, rounds: int, slope: float, target: float) -> dict:
+    """A candidate plan; its value is also read at the target along the common slope, so that a
+    plan measuring 4 % over the target does not win on importance that its extra time bought."""
+    return {"selector": selector, "measured_ratio": measured, "value": value, "rounds": rounds,
+            "value_at_target": value + slope * (target - measured)}
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares d(value)/d(measured ratio) over the plans measured (0 when they do not
+    spread; never negative: more time cannot cost importance).
+
+    >>> round(_slope([(0.4, 0.80), (0.5, 0.90), (0.6, 1.00)]), 6)
+    1.0
+    """
+    xs = np.array([p[0] for p in points])
+    ys = np.array([p[1] for p in points])
+    if len(xs) < 2 or np.ptp(xs) < 1e-6:
+        return 0.0
+    return max(0.0, float(np.polyfit(xs, ys, 1)[0]))
+
+
 def _better(a: dict, b: dict, target: float, tolerance: float) -> bool:
-    """Is rival ``a`` better than ``b``: within the tolerance and more value, or closer to the target."""
+    """Is rival ``a`` better than ``b``: both within the tolerance and more value at the target,
+    or only ``a`` within it."""
     def ok(r):
         return abs(r["measured_ratio"] - target) <= tolerance * target
     if ok(a) and ok(b):
-        return a["value"] > b["value"]
+        return a["value_at_target"] > b["value_at_target"]
     return ok(a) and not ok(b)
 
 
@@ -177,11 +202,11 @@ def _measure_plan(gm, ctx, groups, keep: dict, sizes: Mapping[int, int], measure
 
 
 def _fit_rounds(cost: CostModel, target: float, choose: Choose, measure_plan, floors: Mapping[int, int],
-                rounds: int, tolerance: float) -> tuple[tuple, list, float]:
+                rounds: int, tolerance: float) -> tuple[tuple, list, float, list]:
     """Select on ``cost``, measure, correct the budget, a few rounds: the best (keep, measured,
-    predicted, ms), the rounds tried, and the cost model's narrowest budget."""
+    predicted, ms), the rounds tried, the cost model's narrowest budget, and each round's plan."""
     full = cost.total({})
-    budget, tried, best = target * full, [], None
+    budget, tried, best, keeps = target * full, [], None, []
     narrowest = cost.total(floors) * (1 + 1e-9)  # the cost model's cheapest plan: every group at its floor
     for _ in range(rounds):
         budget = max(budget, narrowest)  # the measurement, not the model, says if the target is out of reach
@@ -192,6 +217,7 @@ def _fit_rounds(cost: CostModel, target: float, choose: Choose, measure_plan, fl
             budget = narrowest
         predicted = cost.total({gid: len(k) for gid, k in keep.items()}) / full
         measured, ms = measure_plan(keep)
+        keeps.append(keep)
         tried.append({"budget_ms": budget, "predicted_ratio": predicted, "measured_ratio": measured,
                       "original_ms": ms["original"], "compact_ms": ms["compact"]})
         if best is None or abs(measured - target) < abs(best[1] - target):
@@ -202,7 +228,7 @@ def _fit_rounds(cost: CostModel, target: float, choose: Choose, measure_plan, fl
         if abs(new_budget - budget) < 1e-9 * full:  # the same plan again (e.g. at the floors)
             break
         budget = new_budget
-    return best, tried, narrowest
+    return best, tried, narrowest, keeps
 
 
 def _narrowest_plan(cost: CostModel, floors: Mapping[int, int], choose: Choose) -> dict:
@@ -258,7 +284,8 @@ def format_latency(rep: dict) -> str:
               f"re-timed as disturbed), {t['cached']} from cache, {t['seconds']:.1f} s"]
     if len(rep.get("rivals", [])) > 1:
         lines.append("  selection: " + "; ".join(f"{r['selector']}-driven plan measures {r['measured_ratio']:.1%}, keeps "
-                                                 f"{r['value']:.1%} of the importance" for r in rep["rivals"])
+                                                 f"{r['value']:.1%} of the importance ({r['value_at_target']:.1%} "
+                                                 f"at the target)" for r in rep["rivals"])
                      + f" -> {rep['selector']}-driven")
     if rep.get("warning"):
         lines.append(f"  WARNING: {rep['warning']}")

@@ -160,11 +160,26 @@ def test_compile_keeps_the_mac_plan_when_the_tables_misprice_the_layers(tmp_path
     rep = res.report["latency"]
     rivals = {r["selector"]: r for r in rep["rivals"]}
     assert set(rivals) == {"latency", "macs"}
-    assert rep["selector"] == "macs" and rivals["macs"]["value"] > rivals["latency"]["value"]
+    assert rep["selector"] == "macs" and rivals["macs"]["value_at_target"] > rivals["latency"]["value_at_target"]
     assert "macs-driven" in res.summary()
     honest = compiler.compile(model, x, target_latency=0.5, round_to=2, max_ratio=0.9, importance="l1",
                               latency_options={"cache": tmp_path / "honest", "timer": true_ms, "rounds": 4,
                                                "measure": by_macs})
     rep = honest.report["latency"]
     chosen = next(r for r in rep["rivals"] if r["selector"] == rep["selector"])
-    assert all(chosen["value"] >= r["value"] for r in rep["rivals"] if abs(r["measured_ratio"] - 0.5) <= 0.025)
+    assert all(chosen["value_at_target"] >= r["value_at_target"] for r in rep["rivals"]
+               if abs(r["measured_ratio"] - 0.5) <= 0.025)
+
+
+def test_rivals_are_compared_at_the_target_not_at_their_own_latency():
+    """A plan 4 % over the target keeps more importance than one 4 % under it because it takes
+    more time: along the measured slope, the faster plan is the better one at the target."""
+    from compiler.latency_fit import _better, _rival, _slope
+    slope = _slope([(0.40, 0.70), (0.48, 0.84), (0.52, 0.86), (0.60, 0.97)])
+    slow = _rival("macs", 0.52, 0.86, 3, slope, 0.5)
+    fast = _rival("latency", 0.48, 0.84, 1, slope, 0.5)
+    assert slope > 1 and fast["value_at_target"] > slow["value_at_target"]
+    assert _better(fast, slow, 0.5, 0.05) and not _better(slow, fast, 0.5, 0.05)
+    off = _rival("macs", 0.60, 0.99, 3, slope, 0.5)  # outside the tolerance: never better than one inside
+    assert not _better(off, fast, 0.5, 0.05) and _better(fast, off, 0.5, 0.05)
+    assert _slope([(0.5, 0.8), (0.5, 0.9)]) == 0.0 and _slope([(0.4, 0.9), (0.6, 0.8)]) == 0.0
