@@ -94,7 +94,7 @@ def build_case_model(width, checkpoint: str | None, torchvision_name: str | None
 
 def run_case(width: float, backend: str, targets: list[float], size: int, round_to: int, repeats: int,
              grid: int = 5, checkpoint: str | None = None, torchvision_name: str | None = None,
-             max_ratio: float = 0.9) -> dict:
+             max_ratio: float = 0.9, sweeps: int = 2) -> dict:
     """One (model, backend): fit every target, then compare with the MAC plan at equal latency."""
     model, x, width, importance, normalize = build_case_model(width, checkpoint, torchvision_name, size)
     gm = trace(model, x)
@@ -111,13 +111,13 @@ def run_case(width: float, backend: str, targets: list[float], size: int, round_
         for label in ("cold", "cached"):
             start = time.perf_counter()
             lat, _, stats = latency_model(gm, groups, layers, backend, round_to, max_ratio=max_ratio, grid_points=grid,
-                                          cache=cache)
+                                          cache=cache, sweeps=sweeps)
             case[f"table_{label}_s"] = time.perf_counter() - start
             case[f"table_{label}_timings"] = stats["measured"]
         for target in targets:
             try:
                 keep, rep = fit_latency(gm, ctx, groups, layers, x, target, choose, backend, round_to, cache=cache,
-                                        repeats=repeats, grid_points=grid, max_ratio=max_ratio)
+                                        repeats=repeats, grid_points=grid, max_ratio=max_ratio, sweeps=sweeps)
             except DCPError as e:  # e.g. out of reach at this size: a row that says so, not a lost run
                 case["targets"].append({"target": target, "error": str(e)})
                 print(f"width {width} {backend} target {target}: {e}", flush=True)
@@ -176,6 +176,8 @@ def main() -> None:
                    help="a trained sparse DIM checkpoint (e.g. demo_out/prune/best.pt), scored by its BN gammas, "
                         "instead of untrained DIMs of --widths")
     p.add_argument("--max-ratio", type=float, default=0.9, help="the largest fraction any group may lose")
+    p.add_argument("--sweeps", type=int, default=2, help="timing sweeps per new table entry (TensorRT: 1, one "
+                                                        "engine build per timing)")
     p.add_argument("--torchvision", default=None, metavar="NAME",
                    help="an untrained torchvision model (e.g. mobilenet_v2, with --size 224) instead of DIM")
     p.add_argument("--out", default="benchmarks/results")
@@ -187,7 +189,7 @@ def main() -> None:
     start = time.time()
     widths = [None] if args.checkpoint or args.torchvision else args.widths
     cases = [run_case(w, b, args.targets, args.size, args.round_to, args.repeats, args.grid, args.checkpoint,
-                      args.torchvision, args.max_ratio)
+                      args.torchvision, args.max_ratio, args.sweeps)
              for w in widths for b in args.backends]
     stem = args.stem or ("latency_budget_quick" if args.quick else "latency_budget")
     command = "python benchmarks/latency_budget.py" + (" --quick" if args.quick else "") + (

@@ -50,14 +50,15 @@ def axis_grid(axis: Axis | None, channels: int, floors: Mapping[int, int], sizes
 
 def latency_model(gm: fx.GraphModule, groups: Sequence[Group], layers: Sequence[LayerAxes], backend: str,
                   round_to: int = 1, min_channels: int = 1, max_ratio: float = 0.9, grid_points: int = 5,
-                  cache=None, timer=None) -> tuple[CostModel, list, dict]:
-    """The measured per-layer latency model as a ``CostModel`` (ms), its tables and build stats."""
+                  cache=None, timer=None, sweeps: int = 2) -> tuple[CostModel, list, dict]:
+    """The measured per-layer latency model as a ``CostModel`` (ms), its tables and build stats
+    (``sweeps``: whole timing sweeps per new entry, see ``compiler.latency_tables``)."""
     sizes = {g.id: g.size for g in groups}
     floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups}
     specs = [unit_spec(gm, layer) for layer in layers]
     grids = [([s.channels[0]] if s.depthwise else axis_grid(l.inputs, s.channels[0], floors, sizes, grid_points, round_to),
               axis_grid(l.outputs, s.channels[1], floors, sizes, grid_points, round_to)) for l, s in zip(layers, specs)]
-    tables, stats = measure_tables(specs, grids, backend, cache, timer=timer)
+    tables, stats = measure_tables(specs, grids, backend, cache, timer=timer, sweeps=sweeps)
 
     def layer_ms(i, w_in, w_out):  # axis widths -> the unit's channels (an untracked axis is 1 wide)
         (c_in, c_out), layer = specs[i].channels, layers[i]
@@ -103,7 +104,8 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
                 example: torch.Tensor, target: float, choose: Choose, backend: str = "torch-cpu",
                 round_to: int = 1, min_channels: int = 1, max_ratio: float = 0.9, grid_points: int = 5,
                 cache=None, rounds: int = 5, tolerance: float = 0.05, repeats: int = 5,
-                timer=None, measure=None, value: Callable[[dict], float] | None = None) -> tuple[dict, dict]:
+                timer=None, measure=None, value: Callable[[dict], float] | None = None,
+                sweeps: int = 2) -> tuple[dict, dict]:
     """The keep plan whose compact model measures closest to ``target`` x the original's latency,
     and a report (tables, rounds, per-layer predicted vs measured). ``timer(module, x)`` and
     ``measure({name: model})`` replace the backend's clocks (tests).
@@ -116,7 +118,7 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
         raise DCPError(f"target_latency must be a fraction in (0, 1], got {target}")
     check_backend(backend)
     cost, tables, stats = latency_model(gm, groups, layers, backend, round_to, min_channels, max_ratio,
-                                        grid_points, cache, timer)
+                                        grid_points, cache, timer, sweeps)
     sizes = {g.id: g.size for g in groups}
     measure = measure or (lambda models: measure_models(models, example, backend, repeats))
     floors = {g.id: floor_width(g.size, min_channels, max_ratio, round_to) for g in groups if g.prunable}
