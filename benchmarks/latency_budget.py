@@ -92,15 +92,20 @@ def build_case_model(width, checkpoint: str | None, torchvision_name: str | None
     return matting.dim(width=width).eval(), torch.zeros(1, 4, size, size), width, "l1", "mean"
 
 
+def analysed(model, x):
+    """(graph, channel analysis, groups, layers) of ``model`` traced at ``x``."""
+    gm = trace(model, x)
+    ctx = analyse(gm)
+    groups = build_groups(ctx)
+    return gm, ctx, groups, layer_axes(ctx, groups)
+
+
 def run_case(width: float, backend: str, targets: list[float], size: int, round_to: int, repeats: int,
              grid: int = 5, checkpoint: str | None = None, torchvision_name: str | None = None,
              max_ratio: float = 0.9, sweeps: int = 2) -> dict:
     """One (model, backend): fit every target, then compare with the MAC plan at equal latency."""
     model, x, width, importance, normalize = build_case_model(width, checkpoint, torchvision_name, size)
-    gm = trace(model, x)
-    ctx = analyse(gm)
-    groups = build_groups(ctx)
-    layers = layer_axes(ctx, groups)
+    gm, ctx, groups, layers = analysed(model, x)
     scores = channel_scores(gm, groups, importance)
     norm = normalize_scores(scores, normalize)
     options = dict(round_to=round_to, max_ratio=max_ratio, normalize=normalize)

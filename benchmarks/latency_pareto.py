@@ -16,7 +16,6 @@ Writes ``benchmarks/results/latency_pareto[_NAME].{md,json,png}`` atomically.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
@@ -24,13 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from latency_budget import build_case_model, kept_importance  # benchmarks/ is the script's folder
+from latency_budget import analysed, build_case_model, kept_importance  # benchmarks/ is the script's folder
 from compiler.latency_fit import latency_model, measure_models
-from matting.atomic import write_bytes, write_text
-from passes import DCPError, analyse, build_groups, trace
-from passes.count import layer_axes
+from matting.atomic import write_figure, write_text
+from passes import DCPError
 from passes.importance import channel_scores
 from passes.rewrite import rewrite
 from passes.select import CostModel, normalize_scores, select_budget
@@ -38,10 +35,7 @@ from passes.select import CostModel, normalize_scores, select_budget
 
 def curves(model, x, backend: str, budgets: list[float], importance: str, normalize: str, round_to: int,
            blocks: int, repeats: int) -> dict:
-    gm = trace(model, x)
-    ctx = analyse(gm)
-    groups = build_groups(ctx)
-    layers = layer_axes(ctx, groups)
+    gm, ctx, groups, layers = analysed(model, x)
     scores = channel_scores(gm, groups, importance)
     norm = normalize_scores(scores, normalize)
     sizes = {g.id: g.size for g in groups}
@@ -110,7 +104,7 @@ def markdown(results: dict, command: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict) -> bytes:
+def plot(results: dict):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -124,10 +118,7 @@ def plot(results: dict) -> bytes:
         ax.set_ylabel("kept importance")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def main() -> None:
@@ -158,7 +149,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / f"{stem}.json", json.dumps(results, indent=1))
     write_text(out / f"{stem}.md", md)
-    write_bytes(out / f"{stem}.png", plot(results))
+    write_figure(out / f"{stem}.png", plot(results), dpi=110)
     print(md)
 
 

@@ -13,7 +13,6 @@ Writes ``benchmarks/results/time_per_mac[_NAME].{md,png}`` atomically.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
 import time
@@ -25,20 +24,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import matting  # noqa: E402
 from compiler.latency_fit import latency_model  # noqa: E402
-from matting.atomic import write_bytes, write_text  # noqa: E402
-from passes import DCPError, analyse, build_groups, trace  # noqa: E402
-from passes.count import layer_axes  # noqa: E402
+from latency_budget import analysed, build_case_model  # noqa: E402  (benchmarks/ is the script's folder)
+from matting.atomic import write_figure, write_text  # noqa: E402
+from passes import DCPError  # noqa: E402
 from passes.select import CostModel  # noqa: E402
 
 
 def per_layer(model: torch.nn.Module, x: torch.Tensor, backend: str) -> list[dict]:
     """Full-width ms and MACs of every unit (tables with one grid point: the full width)."""
-    gm = trace(model.eval(), x)
-    ctx = analyse(gm)
-    groups = build_groups(ctx)
-    layers = layer_axes(ctx, groups)
+    gm, _, groups, layers = analysed(model.eval(), x)
     macs = CostModel.macs(layers, {g.id: g.size for g in groups})
     with tempfile.TemporaryDirectory(prefix="dcp-time-per-mac-") as cache:
         lat, _, _ = latency_model(gm, groups, layers, backend, grid_points=1, cache=cache)
@@ -64,7 +59,7 @@ def markdown(runs: dict[str, list[dict]], command: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, list[dict]]) -> bytes:
+def plot(runs: dict[str, list[dict]]):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -79,10 +74,7 @@ def plot(runs: dict[str, list[dict]]) -> bytes:
     ax.set_title("Time per MAC by layer: flat = a MAC budget is a latency budget")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def main() -> None:
@@ -94,20 +86,18 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     start, runs = time.time(), {}
-    models = ([(args.torchvision, lambda: __import__("torchvision").models.__dict__[args.torchvision](weights=None), 3)]
-              if args.torchvision else [(f"DIM {w}", lambda w=w: matting.dim(width=w), 4) for w in args.widths])
-    for label, build, channels in models:
-        torch.manual_seed(0)
-        x = torch.zeros(1, channels, args.size, args.size)
-        for backend in args.backends:
-            runs[f"{label}, {backend}, {args.size}px"] = per_layer(build(), x, backend)
+    for w in [None] if args.torchvision else args.widths:
+        for backend in args.backends:  # a fresh (seeded) model per backend
+            model, x, label, _, _ = build_case_model(w, None, args.torchvision, args.size)
+            name = f"DIM {label}" if w is not None else label
+            runs[f"{name}, {backend}, {args.size}px"] = per_layer(model, x, backend)
     argv = " ".join(sys.argv[1:])
     md = markdown(runs, f"python benchmarks/time_per_mac.py {argv}".strip(), time.time() - start)
     stem = "time_per_mac" + (f"_{args.torchvision}" if args.torchvision else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / f"{stem}.md", md)
-    write_bytes(out / f"{stem}.png", plot(runs))
+    write_figure(out / f"{stem}.png", plot(runs), dpi=110)
     print(md)
 
 
