@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import copy
 import tempfile
-import numpy as np
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -111,7 +111,8 @@ def fit_latency(gm: fx.GraphModule, ctx: ChannelAnalysis, groups: Sequence[Group
     ``measure({name: model})`` replace the backend's clocks (tests).
 
     With ``value(keep)`` (the kept importance), a MAC-driven plan is fitted to the same measured
-    target as a rival, and the plan that keeps more value within the tolerance wins: the tables
+    target as a rival, and of the plans within the tolerance the one with more value at the
+    target (read along the value/latency slope of every plan measured) wins: the tables
     can mis-rank plans where they are least accurate (the narrowest widths, where fixed costs
     dominate), and a MAC budget is the safe fallback there. The report names the winner."""
     if not 0 < target <= 1:
